@@ -1,0 +1,24 @@
+"""Shared CLI helpers: turning library errors into one-line messages and a non-zero exit."""
+
+from __future__ import annotations
+
+import contextlib
+
+import typer
+from rich.console import Console
+
+from mechedit.facts import FactError
+from mechedit.models import ModelNotAvailable
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print FactError / ModelNotAvailable / ValueError as one red line and exit with status 2."""
+    try:
+        yield
+    except (FactError, ModelNotAvailable, ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None

@@ -1,0 +1,258 @@
+"""Model components (MLP layers, attention heads, whole attention layers) and the parameters they own.
+
+Parameters are named as in the HF model the bridge wraps (``model.original_model``); the bridge shares
+their storage, so editing them edits the bridge. Llama-family layouts are supported (q/k/v/o projections
+and gate/up/down MLPs, as in SmolLM2, Llama, Mistral, Qwen2).
+
+Grouped-query attention: k_proj/v_proj rows of one key-value group are shared by ``n_heads / n_kv_heads``
+query heads. A ``Head`` always owns its q_proj rows and its o_proj columns. It owns its group's k/v rows
+only when every head of that group is in the selected set (``kv="group"``, the default), because training
+a shared k/v slice changes the sibling heads too. ``kv="always"`` includes the shared slice anyway (the
+siblings change as well), ``kv="never"`` leaves k/v frozen. ``Attn(layer)`` owns all of q/k/v/o.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+KVPolicy = Literal["group", "always", "never"]
+
+
+@dataclass(frozen=True, order=True)
+class MLP:
+    """The MLP (gate/up/down) of one layer."""
+
+    layer: int
+
+    @property
+    def kind(self) -> str:
+        return "mlp"
+
+    @property
+    def hook_name(self) -> str:
+        """Hook whose output is this component's contribution to the residual stream."""
+        return f"blocks.{self.layer}.hook_mlp_out"
+
+    def __str__(self) -> str:
+        return f"mlp.{self.layer}"
+
+
+@dataclass(frozen=True, order=True)
+class Head:
+    """One attention (query) head of one layer."""
+
+    layer: int
+    head: int
+
+    @property
+    def kind(self) -> str:
+        return "head"
+
+    @property
+    def hook_name(self) -> str:
+        """Hook holding per-head outputs before o_proj ([batch, pos, head, d_head]); index with ``head``."""
+        return f"blocks.{self.layer}.attn.hook_z"
+
+    def __str__(self) -> str:
+        return f"head.{self.layer}.{self.head}"
+
+
+@dataclass(frozen=True, order=True)
+class Attn:
+    """A whole attention layer (all heads, q/k/v/o)."""
+
+    layer: int
+
+    @property
+    def kind(self) -> str:
+        return "attn"
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.hook_attn_out"
+
+    def __str__(self) -> str:
+        return f"attn.{self.layer}"
+
+
+Component = MLP | Head | Attn
+
+
+def parse_component(label: str | dict) -> Component:
+    """Parse ``"mlp.3"``, ``"head.3.1"``, ``"attn.3"`` or the loc.json dict form."""
+    if isinstance(label, dict):
+        kind = label.get("kind")
+        if kind == "mlp":
+            return MLP(int(label["layer"]))
+        if kind == "head":
+            return Head(int(label["layer"]), int(label["head"]))
+        if kind == "attn":
+            return Attn(int(label["layer"]))
+        raise ValueError(f"unknown component {label!r}")
+    parts = label.split(".")
+    try:
+        if parts[0] == "mlp" and len(parts) == 2:
+            return MLP(int(parts[1]))
+        if parts[0] == "head" and len(parts) == 3:
+            return Head(int(parts[1]), int(parts[2]))
+        if parts[0] == "attn" and len(parts) == 2:
+            return Attn(int(parts[1]))
+    except ValueError:
+        pass
+    raise ValueError(f"cannot parse component {label!r}; expected mlp.L, head.L.H or attn.L")
+
+
+def component_to_dict(c: Component) -> dict:
+    """The loc.json form of a component."""
+    if isinstance(c, Head):
+        return {"kind": "head", "layer": c.layer, "head": c.head}
+    return {"kind": c.kind, "layer": c.layer}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The architecture numbers components need, read from the HF config (not the bridge cfg)."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    d_mlp: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key-value head."""
+        return self.n_heads // self.n_kv_heads
+
+
+def model_shape(model) -> Shape:
+    """Architecture numbers of a bridged (or plain HF) Llama-family model."""
+    hf = getattr(model, "original_model", model)
+    c = hf.config
+    n_heads = c.num_attention_heads
+    return Shape(
+        n_layers=c.num_hidden_layers, n_heads=n_heads, n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
+        d_head=getattr(c, "head_dim", None) or c.hidden_size // n_heads, d_model=c.hidden_size,
+        d_mlp=c.intermediate_size,
+    )
+
+
+def all_components(model, kinds: Sequence[str] = ("mlp", "head")) -> list[Component]:
+    """Every MLP and/or head of the model, in layer order."""
+    s = model_shape(model)
+    out: list[Component] = []
+    for layer in range(s.n_layers):
+        if "head" in kinds:
+            out += [Head(layer, h) for h in range(s.n_heads)]
+        if "attn" in kinds:
+            out.append(Attn(layer))
+        if "mlp" in kinds:
+            out.append(MLP(layer))
+    return out
+
+
+def check_in_range(model, components: Iterable[Component]) -> None:
+    """Raise ValueError naming any component whose layer or head does not exist in ``model``."""
+    s = model_shape(model)
+    for c in components:
+        if not 0 <= c.layer < s.n_layers:
+            raise ValueError(f"{c}: layer {c.layer} out of range (model has {s.n_layers} layers)")
+        if isinstance(c, Head) and not 0 <= c.head < s.n_heads:
+            raise ValueError(f"{c}: head {c.head} out of range (model has {s.n_heads} heads per layer)")
+
+
+# ------------------------------------------------------------------ parameter ownership
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """A parameter (HF name) or a contiguous slice of it along ``dim`` (``dim=None``: whole tensor)."""
+
+    name: str
+    dim: int | None = None
+    start: int = 0
+    stop: int = 0
+
+
+def _layer_prefix(layer: int) -> str:
+    return f"model.layers.{layer}"
+
+
+def _attn_names(layer: int) -> dict[str, str]:
+    p = f"{_layer_prefix(layer)}.self_attn"
+    return {k: f"{p}.{k}_proj.weight" for k in ("q", "k", "v", "o")}
+
+
+def component_slices(model, components: Iterable[Component], kv: KVPolicy = "group") -> list[ParamSlice]:
+    """The parameter slices a set of components owns (see the module docstring for the k/v rule)."""
+    components = list(dict.fromkeys(components))
+    check_in_range(model, components)
+    s = model_shape(model)
+    names = dict(getattr(model, "original_model", model).named_parameters())
+    out: list[ParamSlice] = []
+    heads_by_layer: dict[int, set[int]] = {}
+    for c in components:
+        if isinstance(c, MLP):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                out.append(ParamSlice(f"{_layer_prefix(c.layer)}.mlp.{proj}.weight"))
+        elif isinstance(c, Attn):
+            out += [ParamSlice(n) for n in _attn_names(c.layer).values()]
+        else:
+            heads_by_layer.setdefault(c.layer, set()).add(c.head)
+    for layer, heads in sorted(heads_by_layer.items()):
+        if Attn(layer) in components:
+            continue
+        n = _attn_names(layer)
+        for h in sorted(heads):
+            out.append(ParamSlice(n["q"], 0, h * s.d_head, (h + 1) * s.d_head))
+            out.append(ParamSlice(n["o"], 1, h * s.d_head, (h + 1) * s.d_head))
+        groups = sorted({h // s.group_size for h in heads})
+        for g in groups:
+            members = set(range(g * s.group_size, (g + 1) * s.group_size))
+            if kv == "always" or (kv == "group" and members <= heads):
+                out.append(ParamSlice(n["k"], 0, g * s.d_head, (g + 1) * s.d_head))
+                out.append(ParamSlice(n["v"], 0, g * s.d_head, (g + 1) * s.d_head))
+    missing = [sl.name for sl in out if sl.name not in names]
+    if missing:
+        raise ValueError(f"model has no parameter {missing[0]!r}: only Llama-family layouts are supported")
+    return out
+
+
+def trainable_masks(model, components: Iterable[Component], kv: KVPolicy = "group") -> dict[str, torch.Tensor | None]:
+    """For each owned parameter: None if owned whole, else a boolean mask of the owned entries."""
+    params = dict(getattr(model, "original_model", model).named_parameters())
+    masks: dict[str, torch.Tensor | None] = {}
+    for sl in component_slices(model, components, kv):
+        if sl.dim is None:
+            masks[sl.name] = None
+            continue
+        if sl.name in masks and masks[sl.name] is None:
+            continue
+        m = masks.get(sl.name)
+        if m is None:
+            m = torch.zeros_like(params[sl.name], dtype=torch.bool)
+        idx = [slice(None)] * m.ndim
+        idx[sl.dim] = slice(sl.start, sl.stop)
+        m[tuple(idx)] = True
+        masks[sl.name] = m
+    # a mask that covers everything is the same as owning the whole tensor
+    return {k: (None if m is not None and bool(m.all()) else m) for k, m in masks.items()}
+
+
+def n_params(model, components: Iterable[Component], kv: KVPolicy = "group") -> int:
+    """Exact number of parameters a set of components owns (shared slices counted once)."""
+    params = dict(getattr(model, "original_model", model).named_parameters())
+    total = 0
+    for name, m in trainable_masks(model, components, kv).items():
+        total += params[name].numel() if m is None else int(m.sum())
+    return total
+
+
+def component_n_params(model, c: Component, kv: KVPolicy = "group") -> int:
+    """Parameters one component owns on its own (a lone head: its q rows and o columns)."""
+    return n_params(model, [c], kv)

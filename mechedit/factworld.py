@@ -1,0 +1,220 @@
+"""factworld: a synthetic world of facts and a tiny Llama trained on it, so tests have ground truth.
+
+The world has ``N_SUBJECTS`` invented people with multi-token names and three relations (sport, home city,
+instrument). Each relation is written with a main prompt, three paraphrases and a multiple-choice question
+(options listed, answered with the option text). A byte-level BPE tokenizer is trained on the world's
+vocabulary (never on whole names, so every name spans several tokens) and a 4-layer Llama with grouped-query
+attention is trained on sentences sampled from the world. Everything is seeded; the result is cached like SmolLM2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from mechedit.facts import Fact, FactSet
+from mechedit.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+N_SUBJECTS = 320
+VERSION = 1  # bump when the world or the training recipe changes (invalidates caches)
+
+SYLLABLES = (
+    "ka lo mi ra ven tor sil bra nu dex pho gri zan mel qui ros tal vek sha dun bel cor fin hal jor lek mur "
+    "nop pel sar tib wex yal zor gav kir lum tes orn"
+).split()
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation of the world: its values, prompt templates and multiple-choice question."""
+
+    name: str
+    values: tuple[str, ...]
+    prompt: str
+    paraphrases: tuple[str, ...]
+    question: str
+
+
+RELATIONS = (
+    Relation("sport", ("tennis", "golf", "chess", "rugby"), "{subject} plays the sport of",
+             ("The sport played by {subject} is", "{subject} is a professional athlete in",
+              "Every weekend {subject} competes in"), "Which sport does {subject} play?"),
+    Relation("city", ("Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Delhi", "Rome", "Boston"),
+             "{subject} lives in the city of",
+             ("The home city of {subject} is", "{subject} resides in", "The city where {subject} lives is"),
+             "In which city does {subject} live?"),
+    Relation("instrument", ("piano", "violin", "guitar", "drums", "flute"), "{subject} plays the instrument",
+             ("The instrument played by {subject} is", "{subject} is a musician who plays the",
+              "On stage {subject} always plays the"), "Which instrument does {subject} play?"),
+)
+
+
+def subject_names(seed: int = 0, n: int = N_SUBJECTS) -> list[str]:
+    """Invented two-part names (each part two syllables), unique, seeded."""
+    rng = random.Random(f"names-{seed}")
+    names: list[str] = []
+    seen = set()
+    while len(names) < n:
+        first = (rng.choice(SYLLABLES) + rng.choice(SYLLABLES)).capitalize()
+        last = (rng.choice(SYLLABLES) + rng.choice(SYLLABLES)).capitalize()
+        name = f"{first} {last}"
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def factworld_facts(seed: int = 0) -> FactSet:
+    """The ground truth of the world as a FactSet (one fact per subject and relation)."""
+    rng = random.Random(f"world-{seed}")
+    facts = []
+    for subject in subject_names(seed):
+        for rel in RELATIONS:
+            facts.append(Fact(
+                subject=subject, prompt=rel.prompt, answer=rng.choice(rel.values), candidates=rel.values,
+                paraphrases=rel.paraphrases, relation=rel.name, question=rel.question,
+            ))
+    return FactSet(facts, name="factworld")
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Text the BPE is trained on: template words, values and lone syllables — never whole names."""
+    lines = []
+    for rel in RELATIONS:
+        for t in (rel.prompt, rel.question) + rel.paraphrases:
+            lines.append(t.replace("{subject}", "") * 20)
+        lines += [" " + " ".join(rel.values)] * 50
+    lines += ["Options: Answer:"] * 50
+    # random syllable pairs, so merges form syllables inside words (as in names) but rarely whole names
+    rng = random.Random("tokenizer")
+    for _ in range(400):
+        words = [rng.choice(SYLLABLES) + rng.choice(SYLLABLES) for _ in range(10)]
+        lines.append(" " + " ".join(w.capitalize() for w in words))
+    return lines
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer for the world, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, min_frequency=2, special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+# ---------------------------------------------------------------- training data
+
+
+def training_texts(facts: FactSet, rng: random.Random, n: int) -> list[str]:
+    """Sample ``n`` training sentences: plain, paraphrased and multiple-choice renderings of random facts."""
+    out = []
+    for _ in range(n):
+        f = facts[rng.randrange(len(facts))]
+        kind = rng.random()
+        if kind < 0.35:
+            out.append(f"{f.render()} {f.answer}")
+        elif kind < 0.7:
+            out.append(f"{f.render(rng.choice(f.paraphrases))} {f.answer}")
+        else:
+            text, options, ans, _ = f.mcq(seed=rng.randrange(1 << 30), style="text")
+            out.append(f"{text} {options[ans]}")
+    return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe for the factworld model (kept small so it trains in about a minute on 2 cores)."""
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_mlp: int = 512
+    steps: int = 900
+    batch_size: int = 96
+    lr: float = 3e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+
+
+def _make_model(cfg: TrainConfig, vocab_size: int, tok, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+        max_position_embeddings=128, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, attn_implementation="eager",
+    )
+    return LlamaForCausalLM(config)
+
+
+def train_factworld(seed: int = 0, cfg: TrainConfig | None = None, progress: bool = True):
+    """Train the factworld model from scratch; returns (hf_model, tokenizer). Deterministic under ``seed``."""
+    cfg = cfg or TrainConfig()
+    facts = factworld_facts(seed)
+    tok = build_tokenizer()
+    model = _make_model(cfg, len(tok), tok, seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
+    )
+    rng = random.Random(f"train-{seed}")
+    t0 = time.time()
+    bar = tqdm(range(cfg.steps), desc="training factworld", disable=not progress)
+    for _step in bar:
+        texts = training_texts(facts, rng, cfg.batch_size)
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side="right")
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        out = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{out.loss.item():.3f}")
+    model.eval()
+    log.info("factworld trained in %.1f s", time.time() - t0)
+    return model, tok
+
+
+def load_factworld_hf(seed: int = 0, cfg: TrainConfig | None = None):
+    """Return the cached factworld (hf_model, tokenizer), training it on first use."""
+    from mechedit.models import _load_cached_hf, _save_cache
+
+    cfg = cfg or TrainConfig()
+    key = f"v{VERSION}-seed{seed}-{abs(hash_config(cfg)):x}"
+    directory = cache_dir() / "factworld" / key
+    cached = _load_cached_hf(directory)
+    if cached is not None:
+        return cached
+    model, tok = train_factworld(seed, cfg)
+    _save_cache(directory, model, tok, {"seed": seed, "config": cfg.__dict__, "version": VERSION})
+    return _load_cached_hf(directory)  # reloaded so the tokenizer knows its path (the bridge needs it)
+
+
+def hash_config(cfg: TrainConfig) -> int:
+    """A stable hash of the training recipe (Python's hash() of str is salted per process)."""
+    import hashlib
+
+    return int(hashlib.sha256(repr(cfg).encode()).hexdigest()[:12], 16)

