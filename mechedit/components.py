@@ -1,8 +1,8 @@
 """Model components (MLP layers, attention heads, whole attention layers) and the parameters they own.
 
-Parameters are named as in the HF model the bridge wraps (``model.original_model``); the bridge shares
-their storage, so editing them edits the bridge. Llama-family layouts are supported (q/k/v/o projections
-and gate/up/down MLPs, as in SmolLM2, Llama, Mistral, Qwen2).
+Parameters are named as in a plain HF checkpoint (``mechedit.models.hf_parameters``: the bridge's names without
+its ``._original_component`` infixes); the bridge shares their storage, so editing them edits the bridge.
+Llama-family layouts are supported (q/k/v/o projections and gate/up/down MLPs: SmolLM2, Llama, Mistral, Qwen2).
 
 Grouped-query attention: k_proj/v_proj rows of one key-value group are shared by ``n_heads / n_kv_heads``
 query heads. A ``Head`` always owns its q_proj rows and its o_proj columns. It owns its group's k/v rows
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from mechedit.models import hf_parameters
 
 KVPolicy = Literal["group", "always", "never"]
 
@@ -193,7 +195,7 @@ def component_slices(model, components: Iterable[Component], kv: KVPolicy = "gro
     components = list(dict.fromkeys(components))
     check_in_range(model, components)
     s = model_shape(model)
-    names = dict(getattr(model, "original_model", model).named_parameters())
+    names = hf_parameters(model)
     out: list[ParamSlice] = []
     heads_by_layer: dict[int, set[int]] = {}
     for c in components:
@@ -225,7 +227,7 @@ def component_slices(model, components: Iterable[Component], kv: KVPolicy = "gro
 
 def trainable_masks(model, components: Iterable[Component], kv: KVPolicy = "group") -> dict[str, torch.Tensor | None]:
     """For each owned parameter: None if owned whole, else a boolean mask of the owned entries."""
-    params = dict(getattr(model, "original_model", model).named_parameters())
+    params = hf_parameters(model)
     masks: dict[str, torch.Tensor | None] = {}
     for sl in component_slices(model, components, kv):
         if sl.dim is None:
@@ -246,7 +248,7 @@ def trainable_masks(model, components: Iterable[Component], kv: KVPolicy = "grou
 
 def n_params(model, components: Iterable[Component], kv: KVPolicy = "group") -> int:
     """Exact number of parameters a set of components owns (shared slices counted once)."""
-    params = dict(getattr(model, "original_model", model).named_parameters())
+    params = hf_parameters(model)
     total = 0
     for name, m in trainable_masks(model, components, kv).items():
         total += params[name].numel() if m is None else int(m.sum())

@@ -143,14 +143,14 @@ def training_texts(facts: FactSet, rng: random.Random, n: int) -> list[str]:
 class TrainConfig:
     """Recipe for the factworld model (kept small so it trains in about a minute on 2 cores)."""
 
-    d_model: int = 128
+    d_model: int = 64
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int = 2
-    d_mlp: int = 512
-    steps: int = 900
-    batch_size: int = 96
-    lr: float = 3e-3
+    d_mlp: int = 256
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 5e-3
     warmup: int = 50
     weight_decay: float = 0.01
 

@@ -245,10 +245,32 @@ def hf_model_of(model) -> torch.nn.Module:
     return model.original_model
 
 
+_BRIDGE_INFIX = "._original_component"
+
+
+def hf_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """The model's parameters under their plain HF names (``model.layers.0.mlp.up_proj.weight``).
+
+    The bridge re-parents HF modules, so ``named_parameters()`` shows ``._original_component`` infixes; mechedit
+    names parameters without them everywhere (components, deltas, Fisher), which also matches HF checkpoints.
+    """
+    return {name.replace(_BRIDGE_INFIX, ""): p for name, p in hf_model_of(model).named_parameters()}
+
+
+def save_hf(model, directory: str | Path) -> None:
+    """Save a (possibly edited) bridged model as a plain HF checkpoint + tokenizer that ``load_model`` reads."""
+    hf = hf_model_of(model)
+    state = {k: v.detach().clone() for k, v in hf_parameters(model).items()}
+    if getattr(hf.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    hf.save_pretrained(directory, state_dict=state)
+    model.tokenizer.save_pretrained(directory)
+
+
 def fingerprint(model) -> str:
     """A short hash of a model's parameter names, shapes and a sample of values (identifies a base model)."""
     h = hashlib.sha256()
-    for name, p in sorted(hf_model_of(model).named_parameters()):
+    for name, p in sorted(hf_parameters(model).items()):
         flat = p.detach().reshape(-1)
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
