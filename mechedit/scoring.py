@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechedit.facts import MCQ_LETTERS, Fact, FactError, FactSet
-from mechedit.models import model_info
+from mechedit.models import hf_model_of, model_info
 from mechedit.tokens import PromptBatch, candidate_token_ids, encode, first_token_id
 
 PromptFormat = Literal["prompt", "chat", "paraphrase", "mcq", "mcq-letter"]
@@ -76,8 +76,14 @@ def encode_items(model, items: Sequence[ChoiceItem]) -> PromptBatch:
 
 @torch.no_grad()
 def last_logits(model, batch: PromptBatch) -> torch.Tensor:
-    """Next-token logits at the last position of every prompt in a batch."""
-    return model(batch.input_ids, attention_mask=batch.attention_mask)[:, -1, :]
+    """Next-token logits at the last position of every prompt in a batch.
+
+    Runs the wrapped HF decoder (the same modules the bridge runs, so the logits are identical) and unembeds
+    only the last position: on a 49k vocabulary the full [batch, pos, vocab] unembedding dominates the cost.
+    """
+    hf = hf_model_of(model)
+    hidden = hf.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    return hf.lm_head(hidden[:, -1, :])
 
 
 @dataclass

@@ -12,7 +12,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
                   pretty_exceptions_enable=False)
 
 # sub-command modules register themselves on ``app`` when imported
-for _mod in ("models", "localize", "edit", "evaluate", "compare"):
+for _mod in ("models", "localize", "edit", "evaluate", "compare", "report", "demo"):
     if importlib.util.find_spec(f"mechedit.cli.{_mod}") is not None:
         importlib.import_module(f"mechedit.cli.{_mod}")
 
