@@ -1,0 +1,88 @@
+"""``mechedit edit``: fine-tune only the localized components toward an objective and save the delta."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mechedit.cli import app
+from mechedit.cli.common import console, user_errors
+from mechedit.edit.objectives import OBJECTIVES
+
+FACTS_FILE = "facts.csv"
+N_MAINTAIN_SCORED = 256
+
+
+def marked_facts(model, facts_spec: str, objective: str, n_forget: int, seed: int, known_only: bool):
+    """Load FACTS; if no row has a target or forget flag, mark a seeded sample of known facts (targets for edit)."""
+    from mechedit.facts import load_facts
+
+    fs = load_facts(facts_spec).validated(model.tokenizer, on_collision="drop")
+    if any(f.changes for f in fs):
+        return fs
+    if known_only:
+        fs = fs.known_by(model)
+    return fs.mark_forget(n_forget, seed, with_targets=objective == "edit")
+
+
+@app.command()
+def edit(
+    model: str = typer.Argument(..., help="factworld, smollm2-135m, a local HF directory or a hub name"),
+    facts: str = typer.Argument(..., help="a CSV/JSONL path or a bundled set: sports, counterfact, factworld"),
+    localization: Path = typer.Option(..., "--localization", help="loc.json written by `mechedit localize`"),
+    objective: str = typer.Option("edit", "--objective", help=f"one of: {', '.join(OBJECTIVES)}"),
+    out: Path = typer.Option(..., "--out", help="directory for the edit (delta.safetensors, edit.json, facts.csv)"),
+    steps: int | None = typer.Option(None, "--steps", help="optimizer steps (default: EditConfig)"),
+    lr: float | None = typer.Option(None, "--lr", help="peak learning rate (default: EditConfig)"),
+    cf: float | None = typer.Option(None, "--cf", help="weight c_f of the forget/edit term"),
+    fluency_text: str | None = typer.Option(None, "--fluency-text", help="auto, facts, bundled or a text file"),
+    n_forget: int = typer.Option(16, "--n-forget", help="facts to mark when FACTS has no target/forget column"),
+    known_only: bool = typer.Option(True, "--known-only/--all-facts", help="mark only facts the model knows"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Edit (or unlearn) FACTS in MODEL by training only the localized components; write the revertible delta."""
+    from mechedit.edit import EditConfig, EditError
+    from mechedit.edit import edit as run_edit
+    from mechedit.localization import Localization
+    from mechedit.models import load_model
+    from mechedit.scoring import score_facts
+
+    with user_errors():
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+        t0 = time.time()
+        loc = Localization.load(localization)
+        m = load_model(model)
+        fs = marked_facts(m, facts, objective, n_forget, seed, known_only)
+        overrides = {k: v for k, v in {"steps": steps, "lr": lr, "c_f": cf, "fluency_text": fluency_text}.items()
+                     if v is not None}
+        cfg = replace(EditConfig(seed=seed), **overrides)
+        forget, maintain = fs.forget_set(), fs.maintain_set().sample(N_MAINTAIN_SCORED, seed)
+        before_f, before_m = score_facts(m, forget), score_facts(m, maintain)
+        try:
+            result = run_edit(m, fs, loc, objective, cfg)
+        except EditError as exc:  # one red line, like every other user-facing error
+            raise ValueError(str(exc)) from None
+        after_f, after_m = score_facts(m, forget), score_facts(m, maintain)
+        result.save(out)
+        fs.to_csv(out / FACTS_FILE)
+
+        table = Table(title=f"{objective} on {len(forget)} facts of {fs.name}, {loc.method} localization ({model})")
+        for col in ("metric", "before", "after"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        table.add_row("forget: true-answer accuracy", f"{before_f.mean('answer_correct'):.3f}",
+                      f"{after_f.mean('answer_correct'):.3f}")
+        if any(f.target for f in forget):
+            table.add_row("forget: target accuracy", f"{before_f.mean('target_correct'):.3f}",
+                          f"{after_f.mean('target_correct'):.3f}")
+        table.add_row(f"maintain accuracy ({len(maintain)} facts)", f"{before_m.mean('answer_correct'):.3f}",
+                      f"{after_m.mean('answer_correct'):.3f}")
+        console.print(table)
+        last = result.final_losses()
+        terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "forget", "retain", "fluency") if k in last)
+        console.print(f"{result.n_params_trained:,} parameters trained in {cfg.steps} steps; final {terms}")
+        console.print(f"edit → {out} (facts → {out / FACTS_FILE}); {time.time() - t0:.1f} s")

@@ -1,0 +1,55 @@
+"""Generic text for the fluency term (KL to the original model's next-token distributions).
+
+``"facts"``: complete sentences about the maintain facts (prompt or a paraphrase, then the true answer) —
+the right choice for the factworld model, whose whole language is its world. ``"bundled"``: the neutral
+everyday English in ``mechedit/data/fluency.txt`` (62 sentences written for mechedit, ~4.5 KB). ``"auto"``
+picks ``"facts"`` for factworld and ``"bundled"`` otherwise; any other value is a text file, one text a line.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from mechedit.edit.config import EditError
+from mechedit.facts import FactSet
+from mechedit.models import model_info
+from mechedit.paths import data_path
+
+BUNDLED_FLUENCY = "fluency.txt"
+N_FACT_SENTENCES = 64
+
+
+def fact_sentences(facts: FactSet, seed: int, n: int = N_FACT_SENTENCES) -> list[str]:
+    """``n`` seeded sentences stating maintain facts, each in its prompt or a random paraphrase."""
+    rng = random.Random(f"{seed}|fluency")
+    picked = facts.sample(n, seed)
+    out = []
+    for f in picked:
+        template = rng.choice((f.prompt,) + tuple(f.paraphrases))
+        out.append(f"{f.render(template)} {f.answer}")
+    return out
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EditError(f"fluency text {str(path)!r} is not 'auto', 'facts', 'bundled' or an existing file")
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise EditError(f"fluency text file {path} has no non-empty line")
+    return texts
+
+
+def fluency_texts(model, maintain: FactSet | None, source: str, seed: int) -> tuple[list[str], str]:
+    """The fluency texts for ``model`` and a one-line description of where they came from."""
+    if source == "auto":
+        source = "facts" if model_info(model).name == "factworld" else "bundled"
+    if source == "facts":
+        if maintain is None:
+            raise EditError("fluency_text='facts' needs maintain facts; the fact set has none")
+        return fact_sentences(maintain, seed), f"{min(N_FACT_SENTENCES, len(maintain))} maintain-fact sentences"
+    if source == "bundled":
+        return read_texts(data_path(BUNDLED_FLUENCY)), f"bundled {BUNDLED_FLUENCY}"
+    return read_texts(source), str(source)

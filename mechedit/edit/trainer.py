@@ -1,0 +1,242 @@
+"""The masked, localized fine-tuner: ``edit(model, facts, localization, objective, config) -> EditResult``.
+
+Only the entries owned by the localization's components are trained (see ``mechedit.edit.masking``); the
+caller's model is trained **in place** and comes back edited, with every other tensor bit-identical. The
+result holds the old and new values, so ``result.revert(model)`` undoes the edit exactly. References the
+KL-type terms need (fluency, ga-kl, npo, causal teacher) are computed from the original weights before the
+first update. A non-finite loss, or any error while training, restores the original weights before raising.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from mechedit.components import check_in_range, trainable_masks
+from mechedit.edit.config import EditConfig, EditError
+from mechedit.edit.data import EditData, pad_left, prepare, token_rows
+from mechedit.edit.masking import TrainableSet
+from mechedit.edit.objectives import Objective, ObjectiveInputs, get_objective
+from mechedit.edit.result import EditResult
+from mechedit.edit.teacher import replacement_subjects, teacher_distribution
+from mechedit.facts import FactSet
+from mechedit.localization import Localization
+from mechedit.models import fingerprint, hf_model_of
+
+REF_BATCH = 64
+
+
+# ---------------------------------------------------------------------- forward passes
+
+
+def hidden_states(model, ids: torch.Tensor, mask: torch.Tensor) -> Float[torch.Tensor, "b t d"]:
+    """Final (normed) hidden states of the HF model under the bridge (no unembedding: callers pick positions)."""
+    return hf_model_of(model).model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+
+def log_probs(model, h: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
+    """Next-token log-probabilities from final hidden states (the unembedding is never trained)."""
+    return F.log_softmax(hf_model_of(model).lm_head(h).float(), dim=-1)
+
+
+@torch.no_grad()
+def reference_hidden(model, rows: list[list[int]], pad_id: int, last_only: bool) -> list[torch.Tensor]:
+    """Original-model final hidden states per row: [d] at the last token, or [len, d] at every token."""
+    out: list[torch.Tensor] = []
+    for s in range(0, len(rows), REF_BATCH):
+        ids, mask = pad_left(rows[s:s + REF_BATCH], pad_id)
+        h = hidden_states(model, ids, mask)
+        if last_only:
+            out += list(h[:, -1])
+        else:
+            out += [h[i][mask[i].bool()] for i in range(len(h))]
+    return out
+
+
+def _next_token_probs(model, pad_id: int) -> Callable[[list[str]], torch.Tensor]:
+    def fn(texts: list[str]) -> torch.Tensor:
+        h = torch.stack(reference_hidden(model, token_rows(model, texts), pad_id, last_only=True))
+        return log_probs(model, h).exp()
+
+    return fn
+
+
+@torch.no_grad()
+def build_teacher(model, data: EditData, facts: FactSet, cfg: EditConfig, progress: bool) -> torch.Tensor:
+    """Causal-teacher distributions for the forget facts (replacements: maintain subjects first, then others)."""
+    maintain = [f.subject for f in facts if not f.changes]
+    forget_subjects = [f.subject for f in data.forget]
+    probs = _next_token_probs(model, data.pad_id)
+    rows = []
+    for f in tqdm(data.forget, desc="causal teacher", disable=not progress, leave=False):
+        pool = list(dict.fromkeys(maintain))
+        if len(pool) < cfg.teacher_subjects:
+            pool += [s for s in dict.fromkeys(forget_subjects) if s not in pool]
+        reps = replacement_subjects(f, pool, cfg.teacher_subjects, cfg.seed)
+        rows.append(teacher_distribution(probs, model.tokenizer, f, reps))
+    return torch.stack(rows)
+
+
+# ---------------------------------------------------------------------- the training loop
+
+
+def _lr_lambda(cfg: EditConfig) -> Callable[[int], float]:
+    """Linear warm-up over ``cfg.warmup`` steps, then cosine decay to zero at ``cfg.steps``."""
+    def fn(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / cfg.steps)))
+
+    return fn
+
+
+def _pick(n: int, k: int, gen: torch.Generator) -> list[int]:
+    """All of range(n) if k >= n, else k indices drawn without replacement."""
+    return list(range(n)) if k >= n else torch.randperm(n, generator=gen)[:k].tolist()
+
+
+class _Refs:
+    """Everything computed from the original weights before training."""
+
+    def __init__(self, model, data: EditData, obj: Objective, cfg: EditConfig, facts: FactSet, progress: bool):
+        self.forget_h = (torch.stack(reference_hidden(model, data.forget_rows, data.pad_id, True))
+                         if "forget_ref" in obj.needs else None)
+        self.retain_h = (torch.stack(reference_hidden(model, data.retain_rows, data.pad_id, True))
+                         if "retain_ref" in obj.needs else None)
+        self.fluency_h = reference_hidden(model, data.fluency_rows, data.pad_id, False) if data.fluency_rows else []
+        self.teacher = build_teacher(model, data, facts, cfg, progress) if "teacher" in obj.needs else None
+
+
+def _step_loss(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, ts: TrainableSet,
+               gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of one step (on a fresh sample of facts and texts) and its terms as floats."""
+    f_idx = _pick(len(data.forget_rows), cfg.forget_batch, gen)
+    r_idx = _pick(len(data.retain_rows), cfg.retain_batch, gen) if data.retain_rows else []
+    ids, mask = pad_left([data.forget_rows[i] for i in f_idx] + [data.retain_rows[j] for j in r_idx], data.pad_id)
+    logp = log_probs(model, hidden_states(model, ids, mask)[:, -1])
+    nf = len(f_idx)
+    x = ObjectiveInputs(
+        forget_logp=logp[:nf], answer_ids=data.answer_ids[f_idx], target_ids=data.target_ids[f_idx],
+        random_ids=data.random_ids[f_idx], retain_logp=logp[nf:] if r_idx else None,
+        retain_answer_ids=data.retain_answer_ids[r_idx] if r_idx else None,
+        forget_ref_logp=log_probs(model, refs.forget_h[f_idx]) if refs.forget_h is not None else None,
+        retain_ref_logp=log_probs(model, refs.retain_h[r_idx]) if refs.retain_h is not None else None,
+        teacher_probs=refs.teacher[f_idx] if refs.teacher is not None else None,
+    )
+    terms = obj.fn(x, cfg)
+    loss = cfg.c_f * terms.forget
+    logged = {"forget": float(terms.forget.detach())}
+    if terms.retain is not None:
+        loss = loss + cfg.retain_weight * terms.retain
+        logged["retain"] = float(terms.retain.detach())
+    if refs.fluency_h and cfg.fluency_weight > 0:
+        fl_idx = _pick(len(data.fluency_rows), cfg.fluency_batch, gen)
+        fids, fmask = pad_left([data.fluency_rows[i] for i in fl_idx], data.pad_id)
+        h = hidden_states(model, fids, fmask)[fmask.bool()]
+        ref = log_probs(model, torch.cat([refs.fluency_h[i] for i in fl_idx]))
+        fluency = F.kl_div(log_probs(model, h), ref, log_target=True, reduction="batchmean")
+        loss = loss + cfg.fluency_weight * fluency
+        logged["fluency"] = float(fluency.detach())
+    logged["loss"] = float(loss.detach())
+    return loss, logged
+
+
+def _train(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, ts: TrainableSet,
+           progress: bool) -> tuple[list[dict], list[float]]:
+    """Run the optimization; returns the per-step log and step times."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(ts.leaves(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    log: list[dict] = []
+    times: list[float] = []
+    bar = tqdm(range(cfg.steps), desc=f"edit ({obj.name})", disable=not progress, leave=False)
+    for step in bar:
+        t0 = time.perf_counter()
+        loss, logged = _step_loss(model, data, refs, obj, cfg, ts, gen)
+        if not math.isfinite(logged["loss"]):
+            bad = [k for k, v in logged.items() if k != "loss" and not math.isfinite(v)]
+            raise EditError(f"non-finite loss at step {step} (term(s) {', '.join(bad) or 'loss'}: "
+                            f"{ {k: logged[k] for k in bad} }); original weights restored. Lower the lr "
+                            f"(now {cfg.lr}) or check the objective")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(ts.leaves(), cfg.grad_clip)
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        times.append(time.perf_counter() - t0)
+        log.append({"step": step, **logged, "lr": lr, "grad_norm": float(grad_norm)})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in logged.items()})
+    del opt
+    return log, times
+
+
+def edit(
+    model, facts: FactSet, localization: Localization, objective: str | Objective = "edit",
+    config: EditConfig | None = None, *, progress: bool = True,
+) -> EditResult:
+    """Fine-tune only ``localization``'s components of ``model`` (IN PLACE) so the forget facts change.
+
+    Forget facts are ``facts.forget_set()`` (a target or forget=1), maintain facts the rest. Returns the
+    revertible delta; ``result.revert(model)`` restores the original weights bit-exactly.
+    """
+    cfg = config or EditConfig()
+    obj = get_objective(objective)
+    if not localization.components:
+        raise EditError(f"localization '{localization.method}' has no components; nothing to train")
+    check_in_range(model, localization.components)
+    t_start = time.perf_counter()
+    base_fp = fingerprint(model)
+    use_fluency = cfg.fluency_weight > 0
+    data = prepare(model, facts, cfg, obj.needs, use_fluency)
+    refs = _Refs(model, data, obj, cfg, facts, progress)
+    ts = TrainableSet(model, trainable_masks(model, localization.components, cfg.kv))
+    ts.begin()
+    try:
+        with torch.enable_grad():
+            log, times = _train(model, data, refs, obj, cfg, ts, progress)
+        ts.write_back()
+        bad = [t.name for t in ts.items if not bool(torch.isfinite(t.current()).all())]
+        if bad:
+            raise EditError(f"training produced non-finite weights in {bad[0]}; original weights restored")
+    except BaseException:
+        ts.restore()
+        raise
+    finally:
+        ts.end()
+    return EditResult(
+        objective=obj.name, config=cfg, localization=localization, base_fingerprint=base_fp,
+        edited_fingerprint=fingerprint(model), n_params_trained=ts.n_params, log=log,
+        old={t.name: t.original for t in ts.items}, new={t.name: t.current().clone() for t in ts.items},
+        index={t.name: t.index for t in ts.items}, shapes={t.name: tuple(t.param.shape) for t in ts.items},
+        extra={
+            "wall_time_s": time.perf_counter() - t_start,
+            "median_step_s": statistics.median(times) if times else None,
+            "n_forget": len(data.forget), "n_maintain": len(facts) - len(data.forget),
+            "n_retain_pool": len(data.retain_rows), "fluency_source": data.fluency_source,
+            "n_fluency_texts": len(data.fluency_rows),
+        },
+    )
+
+
+def edit_sequence(
+    model, rounds: Sequence[FactSet], localize: Localization | Callable[[object, FactSet], Localization],
+    objective: str | Objective = "edit", config: EditConfig | None = None, *, progress: bool = True,
+) -> list[EditResult]:
+    """Sequential editing: one ``edit`` per fact set, in order, on the same model (in place).
+
+    ``localize`` is a fixed Localization or a function ``(model, facts) -> Localization`` called on the
+    current, already edited model at the start of each round (re-localization). ``compose(results)`` gives
+    one revertible result for the whole sequence.
+    """
+    results = []
+    for facts in rounds:
+        loc = localize(model, facts) if callable(localize) else localize
+        results.append(edit(model, facts, loc, objective, config, progress=progress))
+    return results
