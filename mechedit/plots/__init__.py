@@ -1,0 +1,1 @@
+"""Plotly figures: patching scores, probe accuracy curves, evaluation results."""

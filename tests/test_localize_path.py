@@ -1,0 +1,156 @@
+"""The path-patching localizer and the baselines (matched budgets, seeds, JSON), on factworld; one smollm2 check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechedit.components import MLP, Attn, Head, model_shape, n_params
+from mechedit.localization import Localization
+from mechedit.localize import localize
+from mechedit.localize.patch_setup import choose_by_fraction, facts_to_localize, patch_setup
+
+
+@pytest.fixture(scope="module")
+def sport_path(factworld, sport_facts):
+    return localize(factworld, sport_facts, "path", progress=False, max_facts=48)
+
+
+def test_path_localizer_finds_extraction_heads_and_feeding_mlps(factworld, sport_path):
+    loc = sport_path
+    s = model_shape(factworld)
+    assert loc.method == "path" and loc.components and all(isinstance(c, MLP) for c in loc.components)
+    assert set(loc.scores) == {f"head.{layer}.{h}" for layer in range(s.n_layers) for h in range(s.n_heads)} | {
+        f"mlp.{layer}" for layer in range(s.n_layers)}
+    heads = loc.extra["extraction_heads"]
+    assert 1 <= len(heads) <= loc.extra["max_heads"]
+    best = max(v for k, v in loc.scores.items() if k.startswith("head."))
+    assert all(loc.scores[h] >= loc.extra["head_fraction"] * best for h in heads)
+    last = max(int(h.split(".")[1]) for h in heads)
+    # MLPs at or after the last extraction head's layer cannot feed it: they score exactly 0 (no hard-coded layer)
+    assert all(loc.scores[f"mlp.{layer}"] == 0 for layer in range(last, s.n_layers))
+    assert all(c.layer < last for c in loc.components)
+    best_mlp = max(loc.scores[f"mlp.{layer}"] for layer in range(s.n_layers))
+    assert all(loc.scores[str(c)] >= loc.extra["mlp_fraction"] * best_mlp for c in loc.components)
+    assert loc.n_params == n_params(factworld, loc.components)
+    assert Localization.from_dict(loc.to_dict()).to_dict() == loc.to_dict()
+
+
+def test_path_mlps_carry_the_fact_at_the_subject(factworld, sport_facts, sport_path):
+    """Ground truth: with the subject corrupted, restoring a chosen MLP's clean output at the subject tokens
+    alone recovers part of the answer (activation patching, denoising)."""
+    from patching.activation import activation_patch
+    from patching.corrupt import subject_mask
+
+    setup = patch_setup(factworld, sport_facts, max_facts=48, seed=1)
+    b = setup.batch
+    mask = subject_mask(b.subject_start, b.subject_last, b.input_ids.shape[1])
+    res = activation_patch(factworld, b.input_ids, b.attention_mask, setup.corruption, setup.metric,
+                           components="mlps", positions=mask, direction="denoising").scores()
+    chosen = {str(c) for c in sport_path.components}
+    assert all(res[c] > 0.1 for c in chosen)  # each chosen MLP's subject-position output matters on its own
+    assert sum(res[c] for c in chosen) > 0.2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "on the current factworld model (v1) the probe range is [3] (the attribute only becomes decodable at the "
+    "last subject token after MLP 3, whose subject-position output no later head can read: its activation-"
+    "patching effect there is 0), while the path MLPs (feeding extraction heads in layer 3) are in layers 0-2. "
+    "If a new factworld recipe makes them overlap, this XPASS fails on purpose: drop the xfail mark."))
+def test_path_overlaps_probe_range(factworld, sport_facts, sport_path):
+    probe = localize(factworld, sport_facts, "probe", progress=False)
+    assert set(probe.layers) & set(sport_path.layers), (probe.layers, sport_path.layers)
+
+
+def test_ranking_baselines_cut_to_the_path_budget(factworld, sport_facts, sport_path):
+    budget = sport_path.n_params
+    for method in ("causal-tracing", "attribution", "random"):
+        kw = {"n_samples": 1} if method == "causal-tracing" else {}
+        loc = localize(factworld, sport_facts, method, budget=budget, progress=False, max_facts=24, **kw) \
+            if method != "random" else localize(factworld, sport_facts, method, budget=budget, seed=3)
+        assert 0 < loc.n_params <= budget, method
+        assert loc.n_params == n_params(factworld, loc.components)
+        assert "budget" in loc.extra["rule"]
+        if method != "random":
+            ranked = sorted((k for k in loc.scores if k.startswith("mlp.")), key=lambda k: -loc.scores[k])
+            assert [str(c) for c in loc.components] == ranked[: len(loc.components)]
+    with pytest.raises(ValueError, match="smaller than any single"):
+        localize(factworld, sport_facts, "random", budget=10)
+
+
+def test_random_is_seeded_and_full_baselines_cover_the_model(factworld, sport_facts):
+    a = localize(factworld, sport_facts, "random", seed=1, include_heads=True, budget=40_000)
+    assert a.components == localize(factworld, sport_facts, "random", seed=1, include_heads=True,
+                                     budget=40_000).components
+    assert any(localize(factworld, sport_facts, "random", seed=s, include_heads=True, budget=40_000).components
+               != a.components for s in (2, 3, 4))
+    assert len(localize(factworld, sport_facts, "random", seed=0).components) == 1  # a quarter of 4 layers
+    s = model_shape(factworld)
+    mlps = localize(factworld, sport_facts, "all-mlps", budget=5)
+    assert mlps.components == [MLP(i) for i in range(s.n_layers)] and mlps.extra["ignored_budget"] == 5
+    whole = localize(factworld, sport_facts, "nonlocalized")
+    assert set(whole.components) == {Attn(i) for i in range(s.n_layers)} | {MLP(i) for i in range(s.n_layers)}
+    hf = factworld.original_model
+    not_trained = {id(p) for n, p in hf.named_parameters() if "embed" in n or "norm" in n or "lm_head" in n}
+    assert whole.n_params == sum(p.numel() for p in hf.parameters() if id(p) not in not_trained)
+
+
+def test_causal_tracing_and_attribution_without_budget(factworld, sport_facts):
+    ct = localize(factworld, sport_facts, "causal-tracing", progress=False, max_facts=24, n_samples=2,
+                  positions="subject_last", include_heads=True)
+    assert ct.extra["noise_scale"] > 0 and ct.extra["clean_prob"] > ct.extra["corrupt_prob"]
+    assert any(isinstance(c, (MLP, Head)) for c in ct.components)
+    best = max(ct.scores.values())
+    assert all(ct.scores[str(c)] >= 0.5 * best for c in ct.components)
+    at = localize(factworld, sport_facts, "attribution", progress=False, max_facts=24)
+    assert at.components and all(isinstance(c, MLP) for c in at.components)
+    assert set(at.scores) == {f"mlp.{i}" for i in range(4)}
+
+
+def test_setup_uses_forget_facts_and_rules_reject_bad_input(factworld, sport_facts):
+    marked = sport_facts.mark_forget(6, seed=0)
+    assert len(facts_to_localize(marked, None, 0)) == 6
+    assert len(facts_to_localize(sport_facts, 10, 0)) == 10
+    s = patch_setup(factworld, marked, corruption="random")
+    assert len(s.batch) == 6 and not torch.equal(s.corruption, s.batch.input_ids)
+    assert bool((s.answer_ids != s.other_ids).all())
+    with pytest.raises(ValueError, match="unknown corruption"):
+        patch_setup(factworld, marked, corruption="blur")
+    with pytest.raises(ValueError, match="no component has a positive effect"):
+        choose_by_fraction({"mlp.0": -1.0, "mlp.1": 0.0}, ["mlp.0", "mlp.1"], 0.5)
+    assert choose_by_fraction({"a": 1.0, "b": 0.6, "c": 0.4}, ["a", "b", "c"], 0.5) == ["a", "b"]
+    assert choose_by_fraction({"a": 1.0, "b": 0.6, "c": 0.4}, ["a", "b", "c"], 0.3, max_k=1) == ["a"]
+
+
+def test_plot_patching_highlights_chosen_components(sport_path):
+    from mechedit.plots.patching import CHOSEN, plot_patching
+
+    fig = plot_patching(sport_path)
+    kinds = [t.type for t in fig.data]
+    assert kinds.count("heatmap") == 1 and kinds.count("bar") == 1
+    bar = next(t for t in fig.data if t.type == "bar")
+    assert [c == CHOSEN for c in bar.marker.color] == [layer in sport_path.layers for layer in range(4)]
+    marks = next(t for t in fig.data if t.type == "scatter")
+    assert {f"head.{y}.{x}" for x, y in zip(marks.x, marks.y, strict=True)} == set(sport_path.extra["extraction_heads"])
+    unscored = plot_patching(Localization("all-mlps", [MLP(0), MLP(2)], {}))  # membership instead of scores
+    assert list(next(t for t in unscored.data if t.type == "bar").y) == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="no head or MLP scores and no head or MLP"):
+        plot_patching(Localization("x", [Attn(0)], {}))
+
+
+@pytest.mark.smollm2
+def test_smollm2_batched_path_patching_matches_reference(smollm2):
+    """GQA with 3 query heads per key-value group, 30 layers: batched == brute force on a few senders."""
+    from mechedit.facts import load_facts
+    from patching.path import path_patch
+    from patching.reference import path_patch_reference
+
+    facts = load_facts("counterfact").validated(smollm2.tokenizer, on_collision="drop").sample(3, seed=2)
+    s = patch_setup(smollm2, facts, corruption="random", seed=0)
+    args = (smollm2, s.batch.input_ids, s.batch.attention_mask, s.corruption, s.metric)
+    senders = ["head.20.8", "mlp.12", "mlp.25"]
+    receivers = ["head.22.1", "head.22.5", "head.26.0"]
+    for rec in ("logits", receivers):
+        fast = path_patch(*args, senders=senders, receivers=rec)
+        slow = path_patch_reference(*args, senders=senders, receivers=rec)
+        assert max(abs(x - y) for x, y in zip(fast.values, slow.values, strict=True)) < 1e-4, rec
