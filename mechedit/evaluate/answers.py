@@ -1,0 +1,51 @@
+"""Prompt + answer token batches and the answer-token language-modelling loss (relearning, Fisher)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+
+from mechedit.facts import FactError
+
+
+def answer_batch(
+    tokenizer, prompts: Sequence[str], answers: Sequence[str], prepend_bos: bool = False
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """Left-padded ``prompt + " " + answer`` ids, attention mask, and labels (-100 everywhere but answer tokens).
+
+    The answer is tokenized on its own after a leading space, exactly as forced-choice scoring reads its first
+    token, so training on these labels moves the scored token.
+    """
+    if len(prompts) != len(answers) or not prompts:
+        raise FactError(f"need as many answers as prompts (got {len(prompts)} prompts, {len(answers)} answers)")
+    bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
+    rows, labels = [], []
+    for p, a in zip(prompts, answers, strict=True):
+        p_ids = bos + tokenizer(p, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(" " + a.strip(), add_special_tokens=False)["input_ids"]
+        if not a_ids:
+            raise FactError(f"answer {a!r} tokenizes to nothing")
+        rows.append(p_ids + a_ids)
+        labels.append([-100] * len(p_ids) + a_ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (r, la) in enumerate(zip(rows, labels, strict=True)):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+        lab[i, width - len(r):] = torch.tensor(la)
+    return ids, mask, lab
+
+
+def answer_loss(
+    model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
+    labels: Int[torch.Tensor, "batch pos"],
+) -> Float[torch.Tensor, ""]:
+    """Mean next-token cross-entropy over the labelled (answer) tokens; padding never contributes."""
+    logits = model(input_ids, attention_mask=attention_mask)
+    pred, target = logits[:, :-1].float(), labels[:, 1:]
+    return torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100)

@@ -1,0 +1,209 @@
+"""Behaviour of an edited model: forced-choice accuracy on prompts, paraphrases, MCQs and neighbourhoods, fluency.
+
+Every metric is an argmax accuracy over the fact's candidates' first tokens plus the mean probability
+renormalized over those candidates (``mechedit.scoring``). A metric with nothing to score (no paraphrases, no
+targets, no neighbourhood prompts) is ``None``, never 0.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from mechedit.facts import Fact, FactError, FactSet
+from mechedit.models import model_info
+from mechedit.scoring import ChoiceItem, ChoiceScores, render_items, score_items
+from mechedit.tokens import candidate_token_ids, encode
+
+
+@dataclass
+class Behaviour:
+    """Behavioural metrics of one model on a fact set with marked forget/edit facts (None = nothing to score)."""
+
+    forget_accuracy: float | None  # true answer still the argmax on the training prompt (lower = more forgotten)
+    forget_prob: float | None
+    edit_accuracy: float | None  # new target is the argmax (None without targets)
+    edit_prob: float | None
+    maintain_accuracy: float | None
+    maintain_prob: float | None
+    paraphrase_forget_accuracy: float | None
+    paraphrase_forget_prob: float | None
+    paraphrase_edit_accuracy: float | None
+    paraphrase_edit_prob: float | None
+    paraphrase_maintain_accuracy: float | None
+    mcq_forget_error: float | None  # 1 - true-answer accuracy on shuffled few-shot MCQs
+    mcq_forget_prob: float | None  # renormalized probability of the true option
+    mcq_edit_accuracy: float | None
+    mcq_edit_prob: float | None
+    mcq_maintain_accuracy: float | None
+    neighborhood_accuracy: float | None  # other subjects' prompts keep the (shared) true answer
+    neighborhood_prob: float | None
+    n_forget: int = 0
+    n_maintain: int = 0  # maintain facts scored (a seeded sample when there are many)
+    n_paraphrase_items: int = 0
+    n_neighborhood_items: int = 0
+    mcq_shots: list[str] = field(default_factory=list)  # subjects of the few-shot MCQ examples
+
+    def to_dict(self) -> dict:
+        """JSON-serializable dict."""
+        return asdict(self)
+
+
+def _mean(s: ChoiceScores | None, name: str) -> float | None:
+    return None if s is None or len(s.fact_index) == 0 else s.mean(name)
+
+
+def _has_targets(facts: Sequence[Fact]) -> bool:
+    return any(f.target for f in facts)
+
+
+def mcq_prefix(facts: Sequence[Fact], seed: int = 0, style: str = "text") -> str:
+    """A few-shot prefix: ``facts`` rendered as answered multiple-choice questions, blank-line separated."""
+    shots = []
+    for f in facts:
+        text, options, ans, _ = f.mcq(seed=seed, style=style)
+        shot = options[ans] if style == "text" else "ABCDEFGH"[ans]
+        shots.append(f"{text} {shot}")
+    return "".join(s + "\n\n" for s in shots)
+
+
+def neighborhood_items(tokenizer, facts: Sequence[Fact]) -> list[ChoiceItem]:
+    """Forced-choice items for the facts' neighbourhood prompts (complete prompts whose answer is the true one)."""
+    items = []
+    for i, f in enumerate(facts):
+        if not f.neighborhood:
+            continue
+        ids = candidate_token_ids(tokenizer, f)
+        for p in f.neighborhood:
+            items.append(ChoiceItem(i, p, "", ids, f.candidates.index(f.answer), None))
+    return items
+
+
+def split_for_behaviour(facts: FactSet, n_shots: int, max_maintain: int | None, seed: int
+                        ) -> tuple[FactSet, list[Fact], list[Fact]]:
+    """(forget facts, MCQ shot facts, maintain facts to score) — shots are maintain facts never scored."""
+    if not any(f.changes for f in facts):
+        raise FactError(f"fact set '{facts.name}' has no facts marked to forget or edit (no 'target' or 'forget' "
+                        "column); mark some, e.g. FactSet.mark_forget(n, seed) or --n-forget")
+    forget = facts.forget_set()
+    maintain = list(facts.maintain_set().facts) if len(forget) < len(facts) else []
+    rng = random.Random(f"behaviour-{seed}")
+    rng.shuffle(maintain)
+    shots, rest = maintain[:n_shots], maintain[n_shots:]
+    if max_maintain is not None:
+        rest = rest[:max_maintain]
+    return forget, shots, rest
+
+
+@torch.no_grad()
+def score_behaviour(
+    model, facts: FactSet, *, seed: int = 0, n_shots: int = 3, max_maintain: int | None = 256,
+    mcq_style: str = "text", batch_size: int = 64, progress: bool = True,
+) -> Behaviour:
+    """Score ``model`` on the forget/edit facts (prompt, paraphrases, few-shot MCQ, neighbourhood) and maintain facts.
+
+    MCQ options are shuffled under ``seed``; the few-shot prefix uses ``n_shots`` maintain facts (excluded from the
+    maintain scores). ``max_maintain`` caps the (seeded) sample of maintain facts scored.
+    """
+    forget, shots, maintain = split_for_behaviour(facts, n_shots, max_maintain, seed)
+    tok = model.tokenizer
+    fmt_mcq = "mcq" if mcq_style == "text" else "mcq-letter"
+    prefix = mcq_prefix(shots, seed=seed, style=mcq_style)
+    jobs: dict[str, list[ChoiceItem]] = {
+        "forget": render_items(tok, forget, "prompt"),
+        "forget_para": render_items(tok, forget, "paraphrase"),
+        "forget_mcq": render_items(tok, forget, fmt_mcq, seed=seed, prefix=prefix),
+        "neighborhood": neighborhood_items(tok, forget),
+    }
+    if maintain:
+        jobs["maintain"] = render_items(tok, maintain, "prompt")
+        jobs["maintain_para"] = render_items(tok, maintain, "paraphrase")
+        jobs["maintain_mcq"] = render_items(tok, maintain, fmt_mcq, seed=seed, prefix=prefix)
+    # one scoring pass over all items (fewer, fuller batches), then split back
+    flat = [it for items in jobs.values() for it in items]
+    scores = score_items(model, flat, batch_size=batch_size, progress=progress)
+    out: dict[str, ChoiceScores | None] = {}
+    start = 0
+    for name, items in jobs.items():
+        sl = slice(start, start + len(items))
+        start += len(items)
+        out[name] = ChoiceScores(scores.fact_index[sl], scores.answer_correct[sl], scores.answer_prob[sl],
+                                 scores.target_correct[sl], scores.target_prob[sl]) if items else None
+    has_t = _has_targets(forget)
+    mcq_true = _mean(out["forget_mcq"], "answer_correct")
+
+    def tgt(name: str, field_: str) -> float | None:
+        return _mean(out[name], field_) if has_t else None
+
+    return Behaviour(
+        forget_accuracy=_mean(out["forget"], "answer_correct"), forget_prob=_mean(out["forget"], "answer_prob"),
+        edit_accuracy=tgt("forget", "target_correct"), edit_prob=tgt("forget", "target_prob"),
+        maintain_accuracy=_mean(out.get("maintain"), "answer_correct"),
+        maintain_prob=_mean(out.get("maintain"), "answer_prob"),
+        paraphrase_forget_accuracy=_mean(out["forget_para"], "answer_correct"),
+        paraphrase_forget_prob=_mean(out["forget_para"], "answer_prob"),
+        paraphrase_edit_accuracy=tgt("forget_para", "target_correct"),
+        paraphrase_edit_prob=tgt("forget_para", "target_prob"),
+        paraphrase_maintain_accuracy=_mean(out.get("maintain_para"), "answer_correct"),
+        mcq_forget_error=None if mcq_true is None else 1.0 - mcq_true,
+        mcq_forget_prob=_mean(out["forget_mcq"], "answer_prob"),
+        mcq_edit_accuracy=tgt("forget_mcq", "target_correct"), mcq_edit_prob=tgt("forget_mcq", "target_prob"),
+        mcq_maintain_accuracy=_mean(out.get("maintain_mcq"), "answer_correct"),
+        neighborhood_accuracy=_mean(out["neighborhood"], "answer_correct"),
+        neighborhood_prob=_mean(out["neighborhood"], "answer_prob"),
+        n_forget=len(forget), n_maintain=len(maintain), n_paraphrase_items=len(jobs["forget_para"]),
+        n_neighborhood_items=len(jobs["neighborhood"]), mcq_shots=[f.subject for f in shots],
+    )
+
+
+# ---------------------------------------------------------------------- fluency
+
+
+@torch.no_grad()
+def next_token_kl(
+    original, edited, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True
+) -> Float[torch.Tensor, " n_texts"]:
+    """Mean over real (non-pad) positions of KL(original ‖ edited) next-token distributions, per text."""
+    if not texts:
+        raise ValueError("no texts to measure fluency on")
+    prepend = model_info(original).prepend_bos
+    out = torch.zeros(len(texts))
+    chunks = [range(s, min(s + batch_size, len(texts))) for s in range(0, len(texts), batch_size)]
+    for chunk in tqdm(chunks, desc="fluency KL", disable=not progress or len(chunks) < 4, leave=False):
+        b = encode(original.tokenizer, [texts[i] for i in chunk], None, prepend_bos=prepend)
+        lp = torch.log_softmax(original(b.input_ids, attention_mask=b.attention_mask).float(), -1)
+        lq = torch.log_softmax(edited(b.input_ids, attention_mask=b.attention_mask).float(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)  # [batch, pos]
+        mask = b.attention_mask.float()
+        out[list(chunk)] = (kl * mask).sum(1) / mask.sum(1)
+    return out
+
+
+def fluency_kl(original, edited, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True) -> float:
+    """Mean next-token KL(original ‖ edited) on generic text: 0 when the edit leaves general language untouched."""
+    return float(next_token_kl(original, edited, texts, batch_size=batch_size, progress=progress).mean())
+
+
+def choose_shots(model, facts: FactSet, options: Sequence[int] = (3, 0), *, seed: int = 0, n_facts: int = 64,
+                 batch_size: int = 64) -> tuple[int, dict[int, float]]:
+    """The few-shot count (of ``options``) giving ``model`` the best MCQ accuracy on a sample of maintain facts.
+
+    Run on the *original* model, so the choice never depends on the edit; ties go to the first option. A
+    tiny model trained only on zero-shot MCQs (factworld) is confused by a prefix; instruct models gain from it.
+    """
+    maintain = facts.maintain_set() if len(facts.forget_set()) < len(facts) else None
+    if maintain is None or len(maintain) <= max(options) + 1:
+        return options[0], {}
+    pool = list(maintain.shuffled(seed))
+    shots_pool, scored = pool[: max(options)], pool[max(options): max(options) + n_facts]
+    accs: dict[int, float] = {}
+    for k in options:
+        items = render_items(model.tokenizer, scored, "mcq", seed=seed, prefix=mcq_prefix(shots_pool[:k], seed))
+        accs[k] = float(score_items(model, items, batch_size=batch_size).answer_correct.mean())
+    best = max(options, key=lambda k: (accs[k], -options.index(k)))
+    return best, accs

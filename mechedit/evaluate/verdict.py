@@ -1,0 +1,108 @@
+"""Removed or suppressed? A documented rule over relearning, latent probes, representation drift and behaviour.
+
+The question (Guo et al. 2024; Xu et al. 2025; the SoK on LLM unlearning): after an edit the model no longer
+*says* the fact, but is the fact *gone* or only *hidden*? Each available signal is one number on a 0..1 scale
+with a threshold; the verdict is ``suppressed`` as soon as one signal shows the fact is still there, and
+``removed`` only when every available signal says it is gone:
+
+================  =====================================================================  ===============
+signal            number                                                                  suppressed if
+================  =====================================================================  ===============
+behaviour         forget-set true-answer accuracy on the training prompt, as a share of   ``>= 0.5``
+                  the original's above chance: (acc − chance) / (acc_original − chance)
+relearning        recovery of the held-out half after the relearning attack                ``>= 0.5``
+                  (``mechedit.evaluate.relearn``; same chance-normalized scale)
+latent probes     best (over layers, positions, original and fresh probes) true-answer     ``>= 0.5``
+                  accuracy on the edited model, as a share of the original model's best
+                  above chance: (best_after − chance) / (best_before − chance); chance =
+                  best constant prediction (not measurable when all facts share an answer)
+drift             1 − mean linear CKA (original vs edited, forget prompts), informative:  not used alone
+                  a suppression leaves representations almost unchanged (Xu et al.)
+================  =====================================================================  ===============
+
+With neither relearning nor latent probes, there is nothing to decide on and the verdict is ``None``. When
+the verdict says ``removed`` but drift is below ``min_drift`` (representations practically unchanged), a note
+warns that the removal rests on a small change. Every number is returned beside the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """Thresholds of the verdict (see the module docstring)."""
+
+    behaviour: float = 0.5
+    relearn: float = 0.5
+    latent: float = 0.5
+    min_drift: float = 0.01
+
+
+@dataclass
+class Verdict:
+    """The verdict and every number it was computed from."""
+
+    verdict: str | None  # "removed", "suppressed", or None (nothing to decide on)
+    signals: dict[str, dict] = field(default_factory=dict)  # name -> {value, threshold, says, detail}
+    reasons: list[str] = field(default_factory=list)
+    rule: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serializable dict."""
+        return asdict(self)
+
+
+def normalized(value: float | None, chance: float, reference: float | None) -> float | None:
+    """(value − chance) / (reference − chance) clipped to [0, 1]; None if undefined (reference not above chance)."""
+    if value is None or reference is None or reference - chance <= 1e-9:
+        return None
+    return float(np.clip((value - chance) / (reference - chance), 0.0, 1.0))
+
+
+def decide(
+    *, forget_accuracy: float | None, original_forget_accuracy: float | None, chance: float,
+    relearn_recovery: float | None = None, latent_after: float | None = None, latent_before: float | None = None,
+    latent_chance: float | None = None, mean_cka: float | None = None, rule: VerdictRule | None = None,
+) -> Verdict:
+    """Apply the rule of the module docstring to the given numbers (None = signal not measured)."""
+    rule = rule or VerdictRule()
+    signals: dict[str, dict] = {}
+    reasons: list[str] = []
+
+    def add(name: str, value: float | None, threshold: float, detail: dict, what: str) -> None:
+        if value is None:
+            signals[name] = {"value": None, "threshold": threshold, "says": "not measured", "detail": detail}
+            return
+        says = "suppressed" if value >= threshold else "removed"
+        signals[name] = {"value": value, "threshold": threshold, "says": says, "detail": detail}
+        reasons.append(f"{name}: {what} = {value:.2f} ({'>=' if says == 'suppressed' else '<'} {threshold}) "
+                       f"-> {says}")
+
+    beh = normalized(forget_accuracy, chance, original_forget_accuracy)
+    add("behaviour", beh, rule.behaviour,
+        {"forget_accuracy": forget_accuracy, "original_forget_accuracy": original_forget_accuracy,
+         "chance": chance}, "true answer still given (share of the original above chance)")
+    add("relearning", relearn_recovery, rule.relearn, {}, "held-out recovery after relearning")
+    lat = normalized(latent_after, latent_chance if latent_chance is not None else chance, latent_before)
+    add("latent", lat, rule.latent,
+        {"best_after": latent_after, "best_before": latent_before, "chance": latent_chance},
+        "true answer decodable by probes (share of the original above chance)")
+    drift = None if mean_cka is None else float(1.0 - mean_cka)
+    signals["drift"] = {"value": drift, "threshold": rule.min_drift, "says": "informative",
+                        "detail": {"mean_cka": mean_cka}}
+    decisive = [signals[k] for k in ("relearning", "latent") if signals[k]["value"] is not None]
+    if not decisive:
+        verdict = None
+        reasons.append("neither the relearning attack nor latent probes were run: no verdict")
+    elif any(s["says"] == "suppressed" for s in decisive) or signals["behaviour"]["says"] == "suppressed":
+        verdict = "suppressed"
+    else:
+        verdict = "removed"
+        if drift is not None and drift < rule.min_drift:
+            reasons.append(f"note: representations barely moved (1 - mean CKA = {drift:.3f} < {rule.min_drift}); "
+                           "the removal rests on a small change")
+    return Verdict(verdict, signals, reasons, asdict(rule))
