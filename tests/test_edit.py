@@ -178,3 +178,17 @@ def test_sequential_edits_compose_and_revert(fresh_factworld, sport_facts):
     assert all(torch.equal(original[k], v) for k, v in snapshot(model).items())
     with pytest.raises(EditError, match="cannot compose"):
         compose([r2, r1])
+
+
+@pytest.mark.filterwarnings("ignore:the chosen range ends at the final layer")
+def test_edit_with_probe_localization(fresh_factworld, sport_facts):
+    """The fact-lookup localization found by the probe localizer (issue 4) is editable end to end."""
+    from mechedit.localize import localize
+
+    model = fresh_factworld()
+    loc = localize(model, sport_facts, "probe", progress=False)
+    assert loc.mlps and loc.n_params < n_params(model, [MLP(i) for i in range(model_shape(model).n_layers)])
+    facts = sport_facts.mark_forget(16, seed=0)
+    edit(model, facts, loc, "edit", EditConfig(steps=60, lr=3e-3), progress=False)
+    assert score_facts(model, facts.forget_set()).mean("target_correct") >= 0.95
+    assert score_facts(model, facts.maintain_set()).mean("answer_correct") >= 0.9

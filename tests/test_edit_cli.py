@@ -28,6 +28,7 @@ def test_cli_edit_writes_edit_dir(factworld, tmp_path):
     assert result.objective == "npo" and result.config.steps == 4 and len(result.log) == 4
     facts = load_facts(tmp_path / "ed" / "facts.csv")
     assert sum(f.forget for f in facts) == 6 and not any(f.target for f in facts)
+    assert len(result.extra["changed_facts"]) == 6
 
 
 def test_cli_edit_bad_input(tmp_path):

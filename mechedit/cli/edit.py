@@ -68,6 +68,9 @@ def edit(
         except EditError as exc:  # one red line, like every other user-facing error
             raise ValueError(str(exc)) from None
         after_f, after_m = score_facts(m, forget), score_facts(m, maintain)
+        result.extra["changed_facts"] = [  # provenance, independent of the CSV round trip
+            {"subject": f.subject, "prompt": f.prompt, "answer": f.answer, "target": f.target, "forget": f.forget}
+            for f in forget]
         result.save(out)
         fs.to_csv(out / FACTS_FILE)
 

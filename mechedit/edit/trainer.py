@@ -148,8 +148,8 @@ def _step_loss(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConf
 
 
 def _train(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, ts: TrainableSet,
-           progress: bool) -> tuple[list[dict], list[float]]:
-    """Run the optimization; returns the per-step log and step times."""
+           progress: bool) -> tuple[list[dict], list[float], int]:
+    """Run the optimization; returns the per-step log, step times and the optimizer-state bytes."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(ts.leaves(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
@@ -173,8 +173,10 @@ def _train(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, 
         times.append(time.perf_counter() - t0)
         log.append({"step": step, **logged, "lr": lr, "grad_norm": float(grad_norm)})
         bar.set_postfix({k: f"{v:.3f}" for k, v in logged.items()})
+    state_bytes = sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+                      if torch.is_tensor(v))
     del opt
-    return log, times
+    return log, times, state_bytes
 
 
 def edit(
@@ -200,7 +202,7 @@ def edit(
     ts.begin()
     try:
         with torch.enable_grad():
-            log, times = _train(model, data, refs, obj, cfg, ts, progress)
+            log, times, state_bytes = _train(model, data, refs, obj, cfg, ts, progress)
         ts.write_back()
         bad = [t.name for t in ts.items if not bool(torch.isfinite(t.current()).all())]
         if bad:
@@ -217,7 +219,8 @@ def edit(
         index={t.name: t.index for t in ts.items}, shapes={t.name: tuple(t.param.shape) for t in ts.items},
         extra={
             "wall_time_s": time.perf_counter() - t_start,
-            "median_step_s": statistics.median(times) if times else None,
+            "median_step_s": statistics.median(times) if times else None, "step_times_s": times,
+            "optimizer_state_bytes": state_bytes,
             "n_forget": len(data.forget), "n_maintain": len(facts) - len(data.forget),
             "n_retain_pool": len(data.retain_rows), "fluency_source": data.fluency_source,
             "n_fluency_texts": len(data.fluency_rows),
