@@ -12,6 +12,8 @@ over ``--rounds`` rounds:
 - step time: wall time of one optimizer step (forward, backward, clip, AdamW); median over all steps but the
   first of each run (≥3 repeats per configuration);
 - optimizer-state bytes: the tensors AdamW holds (exp_avg, exp_avg_sq, step) after training;
+- prefix cache: one-time cost of caching the residual stream entering the earliest trained layer (training
+  forwards start there, ``mechedit.edit.prefix``); reported, not included in the step time;
 - peak RSS of the edit: the process's resident-set high-water mark during ``edit`` (reset through
   /proc/self/clear_refs just before it) minus the RSS before it: gradients, optimizer state, the originals
   kept for revert, activations. Falls back to ru_maxrss (whole process) where clear_refs is not allowed.
@@ -86,7 +88,8 @@ def worker(args) -> None:
         "config": args.worker, "components": [str(c) for c in loc.components][:8], "n_components": len(loc.components),
         "n_params_trained": result.n_params_trained, "step_times": result.extra["step_times_s"][1:],
         "optimizer_state_bytes": result.extra["optimizer_state_bytes"], "rss_before_kb": rss_before,
-        "peak_kb": peak, "exact_peak": exact_peak, "wall_s": wall,
+        "peak_kb": peak, "exact_peak": exact_peak, "wall_s": wall, "prefix_cache_s": result.extra["prefix_cache_s"],
+        "from_first_trained_layer": result.extra["forward_from_first_trained_layer"],
         "final": result.final_losses(),
     }))
 
@@ -162,16 +165,17 @@ def main() -> None:
             "opt_mb": rs[0]["optimizer_state_bytes"] / 2**20,
             "peak_mb": statistics.median((r["peak_kb"] - r["rss_before_kb"]) / 1024 for r in rs),
             "exact_peak": all(r["exact_peak"] for r in rs),
+            "setup_s": statistics.median(r["prefix_cache_s"] for r in rs),
         }
     print(f"SmolLM2-135M, {N_EDITS} CounterFact edits ({args.relation}), {args.steps} steps x {args.rounds} rounds; "
           f"localized = {how}: {runs['localized'][0]['components']}")
     header = f"{'config':<14}{'components':>11}{'params trained':>16}{'step s (median)':>17}{'timed':>7}" \
-             f"{'optimizer MB':>14}{'edit peak RSS MB':>18}"
+             f"{'optimizer MB':>14}{'edit peak RSS MB':>18}{'prefix cache s':>16}"
     print(header)
     print("-" * len(header))
     for config, row in rows.items():
         print(f"{config:<14}{row['components']:>11}{row['params']:>16,}{row['step_s']:>17.3f}{row['n_steps_timed']:>7}"
-              f"{row['opt_mb']:>14.1f}{row['peak_mb']:>18.1f}")
+              f"{row['opt_mb']:>14.1f}{row['peak_mb']:>18.1f}{row['setup_s']:>16.1f}")
     if not all(r["exact_peak"] for r in rows.values()):
         print("note: /proc/self/clear_refs not writable; peak RSS is the whole process's ru_maxrss")
     loc, non = rows["localized"], rows["nonlocalized"]

@@ -106,7 +106,12 @@ def test_backward_stops_at_earliest_trained_layer(fresh_factworld, sport_facts):
         i, seen.get(i, False) or (out[0] if isinstance(out, tuple) else out).requires_grad))
         for i, layer in enumerate(layers)]
     q3 = hf_parameters(model)["model.layers.3.self_attn.q_proj.weight"]
-    hooks.append(layers[3].register_forward_hook(lambda *a: frozen_q_grad.append(q3.requires_grad)))
+
+    def record_q3(*args):  # training forwards only (the prefix cache runs no-grad forwards before training)
+        if torch.is_grad_enabled():
+            frozen_q_grad.append(q3.requires_grad)
+
+    hooks.append(layers[3].register_forward_hook(record_q3))
     try:
         edit(model, sport_facts.mark_forget(4, seed=0), make_localization(model, "manual", [MLP(2)]), "edit",
              EditConfig(steps=1, fluency_weight=0.0, retain_batch=4), progress=False)
@@ -192,3 +197,32 @@ def test_edit_with_probe_localization(fresh_factworld, sport_facts):
     edit(model, facts, loc, "edit", EditConfig(steps=60, lr=3e-3), progress=False)
     assert score_facts(model, facts.forget_set()).mean("target_correct") >= 0.95
     assert score_facts(model, facts.maintain_set()).mean("answer_correct") >= 0.9
+
+
+def test_forward_from_first_trained_layer_matches_full_forward(fresh_factworld, sport_facts):
+    """The cached-prefix forward (training starts at the earliest trained layer) changes speed, not results."""
+    from mechedit.edit.data import pad_left, token_rows
+    from mechedit.edit.prefix import PrefixCache, full_hidden
+
+    model = fresh_factworld()
+    rows = token_rows(model, [f.render() for f in sport_facts[:6]] + ["Options: tennis, golf. Answer: golf"])
+    cache = PrefixCache(model, 2, {"p": rows}, model.tokenizer.pad_token_id)
+    assert cache.active
+    fast, mask = cache.hidden([("p", i) for i in (6, 0, 3)])
+    ids, mask_full = pad_left([rows[i] for i in (6, 0, 3)], model.tokenizer.pad_token_id)
+    assert torch.allclose(fast[mask.bool()], full_hidden(model, ids, mask_full)[mask_full.bool()], atol=1e-5)
+
+    facts = sport_facts.mark_forget(8, seed=4)
+    loc = make_localization(model, "manual", [Head(2, 1), MLP(3)])
+    results = []
+    for cached in (True, False):
+        results.append(edit(model, facts, loc, "edit", EditConfig(steps=5, lr=3e-3, cache_prefix=cached),
+                            progress=False))
+        results[-1].revert(model)
+    assert results[0].extra["forward_from_first_trained_layer"] and results[0].extra["first_trained_layer"] == 2
+    assert not results[1].extra["forward_from_first_trained_layer"]
+    for name in results[0].names:
+        # same up to float noise (Adam normalizes tiny gradient differences into updates of size ~lr)
+        assert torch.allclose(results[0].new[name], results[1].new[name], atol=2e-4), name
+    for a, b in zip(results[0].log, results[1].log, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(b["loss"]))

@@ -48,6 +48,7 @@ class EditConfig:
     kv: KVPolicy = "group"  # grouped-query k/v rule for heads (see mechedit.components)
     npo_beta: float = 0.1
     teacher_subjects: int = 20  # causal-teacher: replacement subjects per fact
+    cache_prefix: bool = True  # start training forwards at the earliest trained layer (see mechedit.edit.prefix)
 
     def __post_init__(self):
         positive = ("steps", "lr", "forget_batch", "retain_batch", "retain_pool", "fluency_batch",

@@ -4,7 +4,9 @@ Only the entries owned by the localization's components are trained (see ``meche
 caller's model is trained **in place** and comes back edited, with every other tensor bit-identical. The
 result holds the old and new values, so ``result.revert(model)`` undoes the edit exactly. References the
 KL-type terms need (fluency, ga-kl, npo, causal teacher) are computed from the original weights before the
-first update. A non-finite loss, or any error while training, restores the original weights before raising.
+first update. Training forwards start at the earliest trained layer on a cached residual stream
+(``mechedit.edit.prefix``), and the backward pass ends there. A non-finite loss, or any error while
+training, restores the original weights before raising.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mechedit.edit.config import EditConfig, EditError
 from mechedit.edit.data import EditData, pad_left, prepare, token_rows
 from mechedit.edit.masking import TrainableSet
 from mechedit.edit.objectives import Objective, ObjectiveInputs, get_objective
+from mechedit.edit.prefix import PrefixCache, full_hidden
 from mechedit.edit.result import EditResult
 from mechedit.edit.teacher import replacement_subjects, teacher_distribution
 from mechedit.facts import FactSet
@@ -34,11 +37,6 @@ REF_BATCH = 64
 
 
 # ---------------------------------------------------------------------- forward passes
-
-
-def hidden_states(model, ids: torch.Tensor, mask: torch.Tensor) -> Float[torch.Tensor, "b t d"]:
-    """Final (normed) hidden states of the HF model under the bridge (no unembedding: callers pick positions)."""
-    return hf_model_of(model).model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
 
 def log_probs(model, h: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
@@ -52,7 +50,7 @@ def reference_hidden(model, rows: list[list[int]], pad_id: int, last_only: bool)
     out: list[torch.Tensor] = []
     for s in range(0, len(rows), REF_BATCH):
         ids, mask = pad_left(rows[s:s + REF_BATCH], pad_id)
-        h = hidden_states(model, ids, mask)
+        h = full_hidden(model, ids, mask)
         if last_only:
             out += list(h[:, -1])
         else:
@@ -113,13 +111,13 @@ class _Refs:
         self.teacher = build_teacher(model, data, facts, cfg, progress) if "teacher" in obj.needs else None
 
 
-def _step_loss(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, ts: TrainableSet,
+def _step_loss(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, fwd: PrefixCache,
                gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one step (on a fresh sample of facts and texts) and its terms as floats."""
     f_idx = _pick(len(data.forget_rows), cfg.forget_batch, gen)
     r_idx = _pick(len(data.retain_rows), cfg.retain_batch, gen) if data.retain_rows else []
-    ids, mask = pad_left([data.forget_rows[i] for i in f_idx] + [data.retain_rows[j] for j in r_idx], data.pad_id)
-    logp = log_probs(model, hidden_states(model, ids, mask)[:, -1])
+    h, _ = fwd.hidden([("forget", i) for i in f_idx] + [("retain", j) for j in r_idx])
+    logp = log_probs(model, h[:, -1])
     nf = len(f_idx)
     x = ObjectiveInputs(
         forget_logp=logp[:nf], answer_ids=data.answer_ids[f_idx], target_ids=data.target_ids[f_idx],
@@ -137,8 +135,8 @@ def _step_loss(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConf
         logged["retain"] = float(terms.retain.detach())
     if refs.fluency_h and cfg.fluency_weight > 0:
         fl_idx = _pick(len(data.fluency_rows), cfg.fluency_batch, gen)
-        fids, fmask = pad_left([data.fluency_rows[i] for i in fl_idx], data.pad_id)
-        h = hidden_states(model, fids, fmask)[fmask.bool()]
+        h, fmask = fwd.hidden([("fluency", i) for i in fl_idx])
+        h = h[fmask.bool()]
         ref = log_probs(model, torch.cat([refs.fluency_h[i] for i in fl_idx]))
         fluency = F.kl_div(log_probs(model, h), ref, log_target=True, reduction="batchmean")
         loss = loss + cfg.fluency_weight * fluency
@@ -148,7 +146,7 @@ def _step_loss(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConf
 
 
 def _train(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, ts: TrainableSet,
-           progress: bool) -> tuple[list[dict], list[float], int]:
+           fwd: PrefixCache, progress: bool) -> tuple[list[dict], list[float], int]:
     """Run the optimization; returns the per-step log, step times and the optimizer-state bytes."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(ts.leaves(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -158,7 +156,7 @@ def _train(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, 
     bar = tqdm(range(cfg.steps), desc=f"edit ({obj.name})", disable=not progress, leave=False)
     for step in bar:
         t0 = time.perf_counter()
-        loss, logged = _step_loss(model, data, refs, obj, cfg, ts, gen)
+        loss, logged = _step_loss(model, data, refs, obj, cfg, fwd, gen)
         if not math.isfinite(logged["loss"]):
             bad = [k for k, v in logged.items() if k != "loss" and not math.isfinite(v)]
             raise EditError(f"non-finite loss at step {step} (term(s) {', '.join(bad) or 'loss'}: "
@@ -198,11 +196,16 @@ def edit(
     use_fluency = cfg.fluency_weight > 0
     data = prepare(model, facts, cfg, obj.needs, use_fluency)
     refs = _Refs(model, data, obj, cfg, facts, progress)
+    t_prefix = time.perf_counter()
+    start = min(c.layer for c in localization.components)
+    pools = {"forget": data.forget_rows, "retain": data.retain_rows, "fluency": data.fluency_rows}
+    fwd = PrefixCache(model, start, pools, data.pad_id, enabled=cfg.cache_prefix)
+    t_prefix = time.perf_counter() - t_prefix
     ts = TrainableSet(model, trainable_masks(model, localization.components, cfg.kv))
     ts.begin()
     try:
         with torch.enable_grad():
-            log, times, state_bytes = _train(model, data, refs, obj, cfg, ts, progress)
+            log, times, state_bytes = _train(model, data, refs, obj, cfg, ts, fwd, progress)
         ts.write_back()
         bad = [t.name for t in ts.items if not bool(torch.isfinite(t.current()).all())]
         if bad:
@@ -220,7 +223,8 @@ def edit(
         extra={
             "wall_time_s": time.perf_counter() - t_start,
             "median_step_s": statistics.median(times) if times else None, "step_times_s": times,
-            "optimizer_state_bytes": state_bytes,
+            "optimizer_state_bytes": state_bytes, "first_trained_layer": start,
+            "forward_from_first_trained_layer": fwd.active, "prefix_cache_s": t_prefix,
             "n_forget": len(data.forget), "n_maintain": len(facts) - len(data.forget),
             "n_retain_pool": len(data.retain_rows), "fluency_source": data.fluency_source,
             "n_fluency_texts": len(data.fluency_rows),

@@ -1,0 +1,117 @@
+"""Training forward passes that start at the earliest trained layer (the frozen prefix is computed once).
+
+Layers below the earliest trained layer ``L`` hold no trained entry and the training prompts come from fixed
+pools, so the residual stream entering layer ``L`` never changes during an edit. ``PrefixCache`` computes it
+once per pool row (original weights, no grad) and each step runs only layers ``L..`` on it, through the
+model's own rotary embedding, causal mask, decoder layers and final norm (the Llama-family forward). Before
+use it checks the fast path against the full forward on a few rows; if they disagree (an architecture whose
+forward differs) it warns and falls back to full forwards, so results never depend on the shortcut.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+from jaxtyping import Float, Int
+
+from mechedit.edit.data import pad_left
+from mechedit.models import hf_model_of
+
+log = logging.getLogger(__name__)
+
+CACHE_BATCH = 64
+CHECK_ROWS = 4
+CHECK_ATOL = 1e-4
+
+
+def full_hidden(model, ids: Int[torch.Tensor, "b t"], mask: Int[torch.Tensor, "b t"]) -> Float[torch.Tensor, "b t d"]:
+    """Final (normed) hidden states of the HF model under the bridge (callers unembed the positions they need)."""
+    return hf_model_of(model).model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+
+def _layers(base) -> list[torch.nn.Module]:
+    return list(base.layers[: base.config.num_hidden_layers])
+
+
+def _from_layer(model, start: int, x: Float[torch.Tensor, "b t d"], mask: Int[torch.Tensor, "b t"]):
+    """Run decoder layers ``start..`` and the final norm on residual-stream input ``x`` (Llama-family forward)."""
+    base = hf_model_of(model).model
+    create_causal_mask = sys.modules[type(base).__module__].create_causal_mask
+    position_ids = torch.arange(x.shape[1]).unsqueeze(0)
+    causal = create_causal_mask(config=base.config, inputs_embeds=x, attention_mask=mask, past_key_values=None,
+                                position_ids=position_ids)
+    pos_emb = base.rotary_emb(x, position_ids=position_ids)
+    h = x
+    for layer in _layers(base)[start:]:
+        h = layer(h, attention_mask=causal, position_embeddings=pos_emb, position_ids=position_ids,
+                  past_key_values=None, use_cache=False)
+        h = h[0] if isinstance(h, tuple) else h
+    return base.norm(h)
+
+
+@torch.no_grad()
+def _resid_in(model, start: int, rows: list[list[int]], pad_id: int) -> list[torch.Tensor]:
+    """Residual stream entering layer ``start`` for each row ([len, d]), original weights."""
+    layer = _layers(hf_model_of(model).model)[start]
+    out: list[torch.Tensor] = []
+    for s in range(0, len(rows), CACHE_BATCH):
+        ids, mask = pad_left(rows[s:s + CACHE_BATCH], pad_id)
+        seen: list[torch.Tensor] = []
+
+        def grab(mod, args, kwargs, seen=seen):
+            seen.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        hook = layer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            full_hidden(model, ids, mask)
+        finally:
+            hook.remove()
+        out += [seen[0][i][mask[i].bool()].clone() for i in range(len(ids))]
+    return out
+
+
+class PrefixCache:
+    """Hidden states for training batches, computed from the earliest trained layer when that is exact."""
+
+    def __init__(self, model, start: int, pools: dict[str, list[list[int]]], pad_id: int, enabled: bool = True):
+        self.model, self.start, self.pools, self.pad_id = model, start, pools, pad_id
+        self.cache: dict[str, list[torch.Tensor]] = {}
+        self.active = False
+        if enabled and start > 0:
+            self.cache = {name: _resid_in(model, start, rows, pad_id) for name, rows in pools.items() if rows}
+            self.active = self._check()
+
+    def _check(self) -> bool:
+        """Compare the fast path with the full forward on a few rows of the first pool."""
+        name = next(iter(self.cache), None)
+        if name is None:
+            return False
+        items = [(name, i) for i in range(min(CHECK_ROWS, len(self.pools[name])))]
+        with torch.no_grad():
+            fast, mask = self._fast(items)
+            ids, mask_full = pad_left([self.pools[n][i] for n, i in items], self.pad_id)
+            full = full_hidden(self.model, ids, mask_full)
+        ok = bool(torch.allclose(fast[mask.bool()], full[mask_full.bool()], atol=CHECK_ATOL, rtol=1e-4))
+        if not ok:
+            log.warning("starting the forward at layer %d does not reproduce the full forward for this "
+                        "architecture; using full forward passes (slower, same result)", self.start)
+        return ok
+
+    def _fast(self, items: list[tuple[str, int]]):
+        xs = [self.cache[n][i] for n, i in items]
+        width = max(len(x) for x in xs)
+        x = torch.zeros(len(xs), width, xs[0].shape[-1], dtype=xs[0].dtype)
+        mask = torch.zeros(len(xs), width, dtype=torch.long)
+        for r, v in enumerate(xs):
+            x[r, width - len(v):] = v
+            mask[r, width - len(v):] = 1
+        return _from_layer(self.model, self.start, x, mask), mask
+
+    def hidden(self, items: list[tuple[str, int]]) -> tuple[Float[torch.Tensor, "b t d"], Int[torch.Tensor, "b t"]]:
+        """Final hidden states and attention mask of a left-padded batch of pool rows ``(pool, index)``."""
+        if self.active:
+            return self._fast(items)
+        ids, mask = pad_left([self.pools[n][i] for n, i in items], self.pad_id)
+        return full_hidden(self.model, ids, mask), mask
