@@ -162,11 +162,16 @@ def main() -> None:
             ids, mask, _ = trimmed(s, e)
             model(ids, attention_mask=mask)
 
-    ours()  # warm-up (first-call overheads, lazy imports)
-    t_b, times_b, (tb_collect, tb_fit, acc_b) = timed(ours, args.repeats)
-    t_filtered, times_filtered, _ = timed(filtered_forward, args.repeats)
-    t_plain, times_plain, _ = timed(plain_forward, args.repeats)
-    t_a, times_a, (ta_collect, acc_a) = timed(baseline, args.baseline_repeats)
+    def stage(what, fn, repeats):
+        out = timed(fn, repeats)
+        print(f"  {what}: {', '.join(f'{x:.1f}' for x in out[1])} s", flush=True)
+        return out
+
+    stage("warm-up (mechedit)", ours, 1)  # first-call overheads, lazy imports
+    t_b, times_b, (tb_collect, tb_fit, acc_b) = stage("(b) mechedit", ours, args.repeats)
+    t_filtered, times_filtered, _ = stage("filtered forward", filtered_forward, args.repeats)
+    t_plain, times_plain, _ = stage("plain forward", plain_forward, args.repeats)
+    t_a, times_a, (ta_collect, acc_a) = stage("(a) baseline", baseline, args.baseline_repeats)
     t_c = t_filtered + tb_fit
 
     diff = acc_b - acc_a

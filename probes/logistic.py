@@ -46,8 +46,8 @@ class LogisticProbe:
         *,
         standardize: bool = True,
         solver: Literal["lbfgs", "adam"] = "lbfgs",
-        max_iter: int = 500,
-        tol: float = 1e-6,
+        max_iter: int = 1000,
+        tol: float = 1e-4,
         lr: float = 0.02,
         min_per_class: int = 2,
         dtype: torch.dtype = torch.float64,
@@ -101,11 +101,18 @@ class LogisticProbe:
         Z = (X - self.mean_) / self.scale_
         k = 1 if len(classes) == 2 else len(classes)
 
-        def fun(theta: torch.Tensor) -> torch.Tensor:
-            return self._objective(Z, target, theta[:, : d * k].reshape(L, d, k), theta[:, d * k:])
+        subsets: dict[tuple, torch.Tensor] = {}  # the active layers' features, gathered once per active set
+
+        def fun(theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            key = tuple(idx.tolist())
+            if key not in subsets:
+                if len(subsets) >= 3:
+                    subsets.pop(next(iter(subsets)))
+                subsets[key] = Z if len(key) == L else Z[idx]
+            return self._objective(subsets[key], target, theta[:, : d * k].reshape(-1, d, k), theta[:, d * k:])
 
         theta0 = torch.zeros(L, d * k + k, dtype=self.dtype)
-        with threads_for(L * n * d * k):
+        with threads_for(L * n * d * k, small=1e9):
             if self.solver == "lbfgs":
                 res = minimize_lbfgs(fun, theta0, max_iter=self.max_iter, tol=self.tol)
             else:
