@@ -1,0 +1,229 @@
+"""The main job: localize with several methods at a matched budget, edit identically, verify, compare.
+
+``compare(settings, out_dir)`` runs, for each seed (a different sample of facts to change) and each method:
+localize on the original model → edit a working copy with identical settings → full verification (behaviour,
+MCQ, paraphrases, relearning, latent probes, verdict) → revert the working copy bit-exactly. Ranking-based
+baselines are cut to the parameter budget of the fact-lookup localization (``probe``, else ``path``).
+Everything is written under ``out_dir`` (see ``write_run``) and summarized per method as mean ± spread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from mechedit.facts import FactError, FactSet, load_facts
+
+BUDGET_SOURCES = ("probe", "path")  # the fact-lookup localizations that define the parameter budget
+BUDGETED = ("causal-tracing", "attribution", "random")  # ranking-based methods cut to that budget
+
+# summary columns: (header, metrics.json key)
+COLUMNS = (
+    ("edit", "edit_accuracy"),
+    ("forget", "forget_accuracy"),
+    ("maintain", "maintain_accuracy"),
+    ("MCQ edit", "mcq_edit_accuracy"),
+    ("MCQ forget err", "mcq_forget_error"),
+    ("paraphrase", "paraphrase_edit_accuracy"),
+    ("relearn", "relearn_accuracy"),
+    ("latent", "latent_probe_max"),
+    ("fluency KL", "fluency_kl"),
+)
+
+
+@dataclass
+class CompareSettings:
+    """What ``compare`` runs; every field is recorded in summary.json and the report."""
+
+    model: str = "factworld"
+    facts: str = "factworld"
+    methods: list[str] = field(default_factory=lambda: ["probe", "path", "causal-tracing", "nonlocalized"])
+    objective: str = "edit"
+    n_facts: int = 16
+    seeds: int = 3
+    relation: str | None = None  # restrict to one relation (default: the one with the most known facts)
+    max_maintain: int = 64  # maintain facts per run (seeded sample), for speed
+    steps: int | None = None  # edit steps (None: EditConfig default)
+    lr: float | None = None
+    relearn: bool = True
+    latent: bool = True
+    diagnostics: bool = False
+    localize_max_facts: int = 256  # facts given to localizers (probe localizers need many examples)
+
+
+@dataclass
+class MethodRun:
+    """One method on one seed: its localization, the verification metrics, and timings."""
+
+    method: str
+    seed: int
+    localization: dict
+    metrics: dict
+    seconds: dict
+
+
+def pick_relation(known: FactSet, relation: str | None) -> FactSet:
+    """The facts of ``relation``, or of the relation with the most known facts."""
+    groups = known.by_relation()
+    if relation is not None:
+        if relation not in groups:
+            raise FactError(f"relation {relation!r} not among the known facts' relations {sorted(groups)}")
+        return groups[relation]
+    return max(groups.values(), key=len)
+
+
+def run_facts(pool: FactSet, settings: CompareSettings, seed: int) -> FactSet:
+    """This seed's facts: ``n_facts`` marked to change plus a seeded sample of maintain facts."""
+    if len(pool) < settings.n_facts + 8:
+        raise FactError(f"need at least {settings.n_facts + 8} known facts of one relation to change "
+                        f"{settings.n_facts} and keep the rest; '{pool.name}' has {len(pool)}")
+    unlearn = settings.objective != "edit"
+    marked = pool.mark_forget(settings.n_facts, seed=seed, with_targets=not unlearn)
+    forget = marked.forget_set().facts
+    maintain = marked.maintain_set().sample(settings.max_maintain, seed=seed).facts
+    return pool.subset(forget + maintain, f"{pool.name}:seed{seed}")
+
+
+def _latent_max(metrics: dict) -> float | None:
+    curve = metrics.get("latent_probe_accuracy")
+    return max(curve) if curve else None
+
+
+def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Run the comparison; returns the summary dict (also written to ``out_dir`` when given)."""
+    from mechedit.edit import EditConfig, edit
+    from mechedit.evaluate import evaluate
+    from mechedit.localize import get_localizer
+    from mechedit.models import load_model
+
+    t_start = time.time()
+    base = load_model(settings.model)  # never modified: localization and the reference for verification
+    work = load_model(settings.model)  # edited and reverted for every run
+    facts = load_facts(settings.facts).validated(base.tokenizer, on_collision="drop")
+    known = facts.known_by(base)
+    pool = pick_relation(known, settings.relation)
+    methods = list(dict.fromkeys(settings.methods))
+    for m in methods:
+        get_localizer(m)  # fail fast on unknown names
+    # budget-defining localizations first, so the baselines of the same seed can be cut to their size
+    order = sorted(methods, key=lambda m: BUDGET_SOURCES.index(m) if m in BUDGET_SOURCES else len(BUDGET_SOURCES))
+    edit_kw = {k: v for k, v in (("steps", settings.steps), ("lr", settings.lr)) if v is not None}
+    runs: list[MethodRun] = []
+    bar = tqdm(total=settings.seeds * len(methods), desc="compare", disable=not progress)
+    for seed in range(settings.seeds):
+        fs = run_facts(pool, settings, seed)
+        budget = None
+        for method in order:
+            bar.set_postfix(seed=seed, method=method)
+            t0 = time.time()
+            kw = {"budget": budget} if method in BUDGETED and budget is not None else {}
+            loc = get_localizer(method)(base, fs, seed=seed, progress=False, **kw)
+            if method in BUDGET_SOURCES and budget is None:
+                budget = loc.n_params
+            t1 = time.time()
+            result = edit(work, fs, loc, settings.objective, EditConfig(seed=seed, **edit_kw), progress=False)
+            t2 = time.time()
+            try:
+                ev = evaluate(work, fs, original=base, seed=seed, relearn=settings.relearn,
+                              latent=settings.latent, diagnostics=settings.diagnostics, progress=False)
+            finally:
+                result.revert(work)
+            metrics = ev.to_dict()
+            metrics["latent_probe_max"] = _latent_max(metrics)
+            metrics.setdefault("n_params_trained", result.n_params_trained)
+            runs.append(MethodRun(method, seed, loc.to_dict(), metrics,
+                                  {"localize": t1 - t0, "edit": t2 - t1, "evaluate": time.time() - t2}))
+            bar.update(1)
+    bar.close()
+    summary = summarize(settings, runs, time.time() - t_start, len(known), pool.name)
+    if out_dir is not None:
+        write_run(Path(out_dir), summary)
+    return summary
+
+
+def _stats(values: list) -> dict:
+    vals = [v for v in values if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, n_known: int, pool: str) -> dict:
+    """Per-method mean ± spread of every summary column, verdict counts, and the provenance of the run."""
+    methods: dict[str, dict] = {}
+    for m in dict.fromkeys(r.method for r in runs):
+        mine = [r for r in runs if r.method == m]
+        verdicts = [r.metrics.get("verdict") for r in mine]
+        methods[m] = {
+            "columns": {key: _stats([r.metrics.get(key) for r in mine]) for _, key in COLUMNS},
+            "n_params": _stats([r.localization.get("n_params") for r in mine]),
+            "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)},
+        }
+    return {
+        "settings": asdict(settings),
+        "command": " ".join(["mechedit"] + sys.argv[1:]) if sys.argv and "mechedit" in sys.argv[0] else None,
+        "elapsed_seconds": elapsed,
+        "n_known_facts": n_known,
+        "fact_pool": pool,
+        "versions": versions(),
+        "methods": methods,
+        "runs": [asdict(r) for r in runs],
+    }
+
+
+def versions() -> dict:
+    """Versions of the packages that determine the numbers."""
+    import torch
+    import transformer_lens
+    import transformers
+
+    from mechedit import __version__
+
+    return {"mechedit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "transformer_lens": getattr(transformer_lens, "__version__", "?"),
+            "platform": platform.platform()}
+
+
+def write_run(out: Path, summary: dict) -> None:
+    """Write summary.json, summary.csv and <method>/{loc.json, metrics.json} (seed 0 at top, all seeds inside)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    rows = ["method,verdicts,params," + ",".join(f"{k}_mean,{k}_std" for _, k in COLUMNS)]
+    for m, s in summary["methods"].items():
+        cells = [m, " ".join(f"{v}:{n}" for v, n in s["verdicts"].items()), _fmt_csv(s["n_params"]["mean"])]
+        for _, key in COLUMNS:
+            cells += [_fmt_csv(s["columns"][key]["mean"]), _fmt_csv(s["columns"][key]["std"])]
+        rows.append(",".join(cells))
+    (out / "summary.csv").write_text("\n".join(rows) + "\n")
+    for m in summary["methods"]:
+        mine = [r for r in summary["runs"] if r["method"] == m]
+        (out / m).mkdir(exist_ok=True)
+        (out / m / "loc.json").write_text(json.dumps(mine[0]["localization"], indent=2, default=_json_default))
+        metrics = dict(mine[0]["metrics"])
+        metrics["per_seed"] = [{"seed": r["seed"], **r["metrics"]} for r in mine]
+        (out / m / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+
+
+def _fmt_csv(v) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def format_cell(stat: dict) -> str:
+    """``mean ± std`` (or ``-`` when no seed produced the number)."""
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat["n"] > 1 else "")
