@@ -56,7 +56,6 @@ class CompareSettings:
     relearn: bool = True
     latent: bool = True
     diagnostics: bool = False
-    localize_max_facts: int = 256  # facts given to localizers (probe localizers need many examples)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import typer
 from rich.console import Console
@@ -10,7 +11,8 @@ from rich.console import Console
 from mechedit.facts import FactError
 from mechedit.models import ModelNotAvailable
 
-console = Console()
+# wide enough for the comparison table when output goes to a file or CI log (rich defaults to 80 there)
+console = Console(width=None if sys.stdout.isatty() else 180)
 err_console = Console(stderr=True)
 
 
