@@ -212,8 +212,8 @@ class FactSet:
             for f in self.facts:
                 w.writerow({
                     "subject": f.subject, "prompt": f.prompt, "answer": f.answer, "target": f.target or "",
-                    "forget": int(f.forget), "candidates": "|".join(f.candidates),
-                    "paraphrases": "|".join(f.paraphrases), "relation": f.relation,
+                    "forget": int(f.forget), "candidates": _join_list(f.candidates),
+                    "paraphrases": _join_list(f.paraphrases), "relation": f.relation,
                 })
 
 
@@ -246,7 +246,16 @@ def fill_candidates(facts: list[Fact], max_candidates: int = 16) -> list[Fact]:
 
 
 def _split_list(value: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in (value or "").split("|") if v.strip())
+    """A '|'-separated cell, or a JSON list (written when an item itself contains '|')."""
+    value = (value or "").strip()
+    if value.startswith("["):
+        return tuple(str(v) for v in json.loads(value))
+    return tuple(v.strip() for v in value.split("|") if v.strip())
+
+
+def _join_list(items: Sequence[str]) -> str:
+    """Inverse of ``_split_list``."""
+    return json.dumps(list(items)) if any("|" in i for i in items) else "|".join(items)
 
 
 def load_csv(path: str | Path, name: str | None = None) -> FactSet:

@@ -99,3 +99,10 @@ def test_factworld_world_shape(world_facts):
     assert set(rels) == {"sport", "city", "instrument"}
     assert len(rels["sport"][0].candidates) == 4 and len(rels["city"][0].candidates) == 8
     assert all(len(f.paraphrases) >= 3 and f.question for f in world_facts)
+
+
+def test_csv_keeps_list_items_containing_the_separator(tmp_path):
+    f = Fact("Stefanos", "{subject} speaks", "Greek", candidates=("Greek", "French"),
+             paraphrases=("a | b {subject} spoke", "{subject} is a native speaker of"))
+    FactSet([f]).to_csv(tmp_path / "f.csv")
+    assert load_csv(tmp_path / "f.csv")[0].paraphrases == f.paraphrases
