@@ -105,13 +105,16 @@ def collect_activations(
     batch_size: int = 32,
     progress: bool = True,
     stop_early: bool = True,
+    truncate: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> Float[torch.Tensor, "hook batch d"] | Float[torch.Tensor, "hook batch k d"]:
     """Activations of ``hook_names`` at ``positions`` (one index per example, or k per example).
 
-    One forward pass per batch; examples are sorted by length and each batch is trimmed of all-padding
-    columns; trailing dimensions beyond position are flattened (``attn.hook_z`` gives heads*d_head).
-    Raises ValueError for unknown hooks, out-of-range or padding positions, and NaN/inf activations.
+    One forward pass per batch. With ``truncate`` (causal models: later tokens cannot change earlier
+    positions) each example is cut after its last requested position; examples are sorted by that length
+    and re-left-padded per batch, so no batch runs columns nobody needs. Trailing dimensions beyond
+    position are flattened (``attn.hook_z`` gives heads*d_head). Raises ValueError for unknown hooks,
+    out-of-range or padding positions, and NaN/inf activations.
     """
     check_hook_names(model, hook_names)
     input_ids, attention_mask, pos2 = _check_inputs(input_ids, attention_mask, positions)
@@ -119,8 +122,13 @@ def collect_activations(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n, k = pos2.shape
     device = getattr(model.cfg, "device", None) or input_ids.device
-    lengths = attention_mask.sum(1)
+    valid = attention_mask.bool()
+    first = torch.where(valid.any(1), valid.float().argmax(1), torch.zeros(n, dtype=torch.long))
+    last = input_ids.shape[1] - 1 - valid.flip(1).float().argmax(1)
+    end = (pos2.amax(1) if truncate else last) + 1  # each example runs columns [first, end)
+    lengths = end - first
     order = torch.argsort(lengths, descending=True, stable=True)
+    pad_id = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
     outs: list[torch.Tensor | None] = [None] * len(hook_names)
     fired = [False] * len(hook_names)
     state: dict = {}
@@ -147,14 +155,18 @@ def collect_activations(
     with threads_for(work, small=3e8), model.hooks(fwd_hooks=fwd_hooks):
         for rows in tqdm(chunks, desc="collecting activations", disable=not progress or len(chunks) < 2,
                          leave=False):
-            mask = attention_mask[rows]
-            used = mask.any(0).nonzero().flatten()
-            lo, hi = int(used[0]), int(used[-1]) + 1
+            width = int(lengths[rows].max())
+            ids = torch.full((len(rows), width), pad_id, dtype=input_ids.dtype)
+            mask = torch.zeros((len(rows), width), dtype=attention_mask.dtype)
+            for j, r in enumerate(rows.tolist()):  # re-left-pad the kept span of every example
+                a, b = int(first[r]), int(end[r])
+                ids[j, width - (b - a):] = input_ids[r, a:b]
+                mask[j, width - (b - a):] = attention_mask[r, a:b]
             state["rows"] = rows
-            state["pos"] = (pos2[rows] - lo).to(device)
+            state["pos"] = (pos2[rows] - first[rows, None] + width - lengths[rows, None]).to(device)
             fired[:] = [False] * len(hook_names)
             try:
-                model(input_ids[rows, lo:hi].to(device), attention_mask=mask[:, lo:hi].to(device))
+                model(ids.to(device), attention_mask=mask.to(device))
             except _AllCollected:
                 pass
             if not all(fired):

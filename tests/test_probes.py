@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -55,7 +57,7 @@ def test_collect_matches_full_cache(factworld, city_batch):
         ref = cache[name][torch.arange(n)[:, None], pos]
         torch.testing.assert_close(fast[h], ref, rtol=1e-4, atol=1e-5)
     one = collect_activations(factworld, ids, mask, pos[:, 0], hooks[:1], batch_size=64, stop_early=False,
-                              progress=False)
+                              truncate=False, progress=False)
     assert one.shape == (1, n, 64)
     torch.testing.assert_close(one[0], fast[0, :, 0], rtol=1e-4, atol=1e-5)
     z = collect_activations(factworld, ids, mask, pos[:, 0], ["blocks.2.attn.hook_z"], progress=False)
@@ -142,8 +144,11 @@ def test_logistic_adam_and_determinism(city_acts):
     a = LogisticProbe().fit(X[:, train], y[train])
     b = LogisticProbe().fit(X[:, train], y[train])
     torch.testing.assert_close(a.weight_, b.weight_, rtol=0, atol=0)
-    with pytest.warns(UserWarning, match="max_iter"):
+    with warnings.catch_warnings():  # whether 400 Adam steps meet the tolerance depends on the model's data
+        warnings.simplefilter("ignore", UserWarning)
         adam = LogisticProbe(solver="adam", max_iter=400, lr=0.05).fit(X[:, train], y[train])
+    with pytest.warns(UserWarning, match="max_iter"):  # stopping before convergence is reported
+        LogisticProbe(solver="adam", max_iter=3, lr=0.05).fit(X[:, train], y[train])
     assert np.abs(adam.score(X[:, test], y[test]) - a.score(X[:, test], y[test])).max() <= 0.05
     assert adam.loss_.max() < a.loss_.max() * 1.05
     raw = torch.einsum("lnd,lkd->lnk", X[:, test].double(), a.coef_) + a.intercept_[:, None]
