@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _timing import timed  # noqa: E402
 
 from mechedit.facts import load_facts  # noqa: E402
 from mechedit.localize.patch_setup import patch_setup  # noqa: E402
@@ -32,16 +32,6 @@ from mechedit.models import load_model  # noqa: E402
 from patching.activation import activation_patch  # noqa: E402
 from patching.path import path_patch  # noqa: E402
 from patching.reference import activation_patch_reference, path_patch_reference  # noqa: E402
-
-
-def timed(fn, repeats: int):
-    """(median seconds, last result) over ``repeats`` calls."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, out
 
 
 def main() -> None:

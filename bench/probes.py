@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -30,9 +29,11 @@ from dataclasses import fields
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # this file is named probes.py: import the package
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # for _timing
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _timing import timed  # noqa: E402
 
 from mechedit.components import model_shape  # noqa: E402
 from mechedit.facts import Fact, FactSet, load_facts  # noqa: E402
@@ -40,16 +41,6 @@ from mechedit.models import fingerprint, load_model  # noqa: E402
 from mechedit.paths import cache_dir  # noqa: E402
 from mechedit.tokens import encode  # noqa: E402
 from probes import LogisticProbe, collect_activations, layer_hooks, stratified_split  # noqa: E402
-
-
-def timed(fn, repeats: int):
-    """(median seconds, all times, last result) over ``repeats`` calls."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, out
 
 
 def known_facts(model, name: str) -> FactSet:
