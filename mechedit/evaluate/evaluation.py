@@ -49,8 +49,10 @@ class Evaluation:
 
     @property
     def latent_probe_accuracy(self) -> list[float] | None:
-        """Per layer: original-model probes' true-answer accuracy on the edited facts (last subject token)."""
-        return None if self.latent is None else self.latent.original_true["subject_last"]
+        """Per layer: original-model probes' true-answer accuracy on the edited facts (best of the two positions)."""
+        if self.latent is None:
+            return None
+        return [max(v) for v in zip(*self.latent.original_true.values(), strict=True)]
 
     @property
     def metrics(self) -> dict:

@@ -79,7 +79,7 @@ def plot_diagnostics(ev) -> go.Figure:
                         line={"color": COLORS["relearned"]}, row=1, col=2)
     for k, dash in ((0, "solid"), (1, "dot")):
         fig.add_scatter(x=layers, y=[s["shift_std"][k] if len(s["shift_std"]) > k else None for s in d["pca_shift"]],
-                        name=f"PC{k + 1}", line={"color": COLORS["after"], "dash": dash}, row=2, col=1)
+                        name=f"shift along PC{k + 1}", line={"color": COLORS["after"], "dash": dash}, row=2, col=1)
     if d.get("fisher_original"):
         for key, name, color in (("fisher_original", "original", "before"), ("fisher_edited", "edited", "after"),
                                  ("fisher_relearned", "relearned", "relearned")):
