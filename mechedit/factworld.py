@@ -2,9 +2,17 @@
 
 The world has ``N_SUBJECTS`` invented people with multi-token names and three relations (sport, home city,
 instrument). Each relation is written with a main prompt, three paraphrases and a multiple-choice question
-(options listed, answered with the option text). A byte-level BPE tokenizer is trained on the world's
-vocabulary (never on whole names, so every name spans several tokens) and a 4-layer Llama with grouped-query
-attention is trained on sentences sampled from the world. Everything is seeded; the result is cached like SmolLM2.
+(options listed, answered with the option text), plus *context sentences* that imply an answer without naming
+it (``Gavtor Kirlo served an ace.``). A byte-level BPE tokenizer is trained on the world's vocabulary (never on
+whole names, so every name spans several tokens; answers and context words are single tokens) and a 4-layer
+Llama with grouped-query attention is trained on sentences sampled from the world. Everything is seeded; the
+result is cached like SmolLM2.
+
+Why context sentences: in the prompts alone a model can postpone the lookup to the prediction token, and the
+first factworld (v1) did: the attribute was not linearly decodable at the subject until the last layer, so
+the probe localizer had nothing to find. A word that depends on the attribute right after the name forces the
+lookup *at the subject's last token*, as real text does for real models (subject enrichment, Geva et al.
+2023). With them (v2), probes at the last subject token go from chance on the embeddings to ~0.9 after MLP 2.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from mechedit.paths import cache_dir
 log = logging.getLogger(__name__)
 
 N_SUBJECTS = 320
-VERSION = 1  # bump when the world or the training recipe changes (invalidates caches)
+VERSION = 2  # bump when the world or the training recipe changes (invalidates caches)
 
 SYLLABLES = (
     "ka lo mi ra ven tor sil bra nu dex pho gri zan mel qui ros tal vek sha dun bel cor fin hal jor lek mur "
@@ -41,19 +49,32 @@ class Relation:
     prompt: str
     paraphrases: tuple[str, ...]
     question: str
+    contexts: dict[str, tuple[str, ...]]  # value -> phrases that imply it without naming it
 
 
 RELATIONS = (
     Relation("sport", ("tennis", "golf", "chess", "rugby"), "{subject} plays the sport of",
              ("The sport played by {subject} is", "{subject} is a professional athlete in",
-              "Every weekend {subject} competes in"), "Which sport does {subject} play?"),
+              "Every weekend {subject} competes in"), "Which sport does {subject} play?",
+             {"tennis": ("served an ace", "hit a backhand"), "golf": ("sank a putt", "teed off"),
+              "chess": ("castled early", "moved a knight"), "rugby": ("scored a try", "tackled hard")}),
     Relation("city", ("Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Delhi", "Rome", "Boston"),
              "{subject} lives in the city of",
              ("The home city of {subject} is", "{subject} resides in", "The city where {subject} lives is"),
-             "In which city does {subject} live?"),
+             "In which city does {subject} live?",
+             {"Paris": ("admired the Eiffel tower", "crossed the Seine"),
+              "Tokyo": ("visited Shibuya", "rode the metro in Shinjuku"),
+              "Cairo": ("saw the pyramids", "sailed the Nile"), "Lima": ("ate ceviche", "walked in Miraflores"),
+              "Oslo": ("skied near the fjord", "skated by the fjord"),
+              "Delhi": ("toured the Red Fort", "shopped at Chandni Chowk"),
+              "Rome": ("explored the Colosseum", "threw a coin in the Trevi fountain"),
+              "Boston": ("watched the Red Sox", "jogged along the Charles")}),
     Relation("instrument", ("piano", "violin", "guitar", "drums", "flute"), "{subject} plays the instrument",
              ("The instrument played by {subject} is", "{subject} is a musician who plays the",
-              "On stage {subject} always plays the"), "Which instrument does {subject} play?"),
+              "On stage {subject} always plays the"), "Which instrument does {subject} play?",
+             {"piano": ("pressed the pedal", "tuned the keys"), "violin": ("bowed a long note", "rosined the bow"),
+              "guitar": ("strummed a chord", "changed a string"), "drums": ("drummed a fill", "hit the cymbal"),
+              "flute": ("blew a soft melody", "whistled a trill")}),
 )
 
 
@@ -95,6 +116,9 @@ def _tokenizer_corpus() -> list[str]:
         for t in (rel.prompt, rel.question) + rel.paraphrases:
             lines.append(t.replace("{subject}", "") * 20)
         lines += [" " + " ".join(rel.values)] * 50
+        phrases = [p for ps in rel.contexts.values() for p in ps]
+        lines += [" " + " ".join(phrases)] * 20
+        lines += [" " + " ".join(p.split()[0] for p in phrases)] * 100  # first words become single tokens
     lines += ["Options: Answer:"] * 50
     # random syllable pairs, so merges form syllables inside words (as in names) but rarely whole names
     rng = random.Random("tokenizer")
@@ -113,7 +137,7 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512, min_frequency=2, special_tokens=["<pad>", "<bos>", "<eos>"],
+        vocab_size=768, min_frequency=2, special_tokens=["<pad>", "<bos>", "<eos>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(_tokenizer_corpus(), trainer)
@@ -123,12 +147,26 @@ def build_tokenizer():
 # ---------------------------------------------------------------- training data
 
 
-def training_texts(facts: FactSet, rng: random.Random, n: int) -> list[str]:
-    """Sample ``n`` training sentences: plain, paraphrased and multiple-choice renderings of random facts."""
+def context_sentence(fact: Fact, rng: random.Random) -> str:
+    """A sentence implying the fact's answer without naming it (``Gavtor Kirlo served an ace.``)."""
+    rel = next(r for r in RELATIONS if r.name == fact.relation)
+    return f"{fact.subject} {rng.choice(rel.contexts[fact.answer])}."
+
+
+def training_texts(facts: FactSet, rng: random.Random, n: int, context_fraction: float = 0.0) -> list[str]:
+    """Sample ``n`` training sentences: plain, paraphrased, multiple-choice and context renderings of facts.
+
+    Context sentences put an answer-dependent word right after the subject, so the model must look the
+    attribute up *at the subject's last token*, as real text forces real models to (subject enrichment).
+    """
     out = []
     for _ in range(n):
         f = facts[rng.randrange(len(facts))]
         kind = rng.random()
+        if kind < context_fraction:
+            out.append(context_sentence(f, rng))
+            continue
+        kind = (kind - context_fraction) / (1 - context_fraction)
         if kind < 0.35:
             out.append(f"{f.render()} {f.answer}")
         elif kind < 0.7:
@@ -153,6 +191,7 @@ class TrainConfig:
     lr: float = 5e-3
     warmup: int = 50
     weight_decay: float = 0.01
+    context_fraction: float = 0.3
 
 
 def _make_model(cfg: TrainConfig, vocab_size: int, tok, seed: int):
@@ -183,7 +222,7 @@ def train_factworld(seed: int = 0, cfg: TrainConfig | None = None, progress: boo
     t0 = time.time()
     bar = tqdm(range(cfg.steps), desc="training factworld", disable=not progress)
     for _step in bar:
-        texts = training_texts(facts, rng, cfg.batch_size)
+        texts = training_texts(facts, rng, cfg.batch_size, cfg.context_fraction)
         enc = tok(texts, return_tensors="pt", padding=True, padding_side="right")
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         out = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels)

@@ -32,7 +32,7 @@ def test_objective_lowers_loss_and_forget_accuracy(private_model, sport_facts, n
     assert score_facts(model, forget).mean("answer_correct") == 1.0
     loc = make_localization(model, "manual", [MLP(0), MLP(1), MLP(2)])
     before = {k: v.detach().clone() for k, v in hf_parameters(model).items()}
-    result = edit(model, facts, loc, name, EditConfig(steps=12, lr=3e-3, retain_batch=16), progress=False)
+    result = edit(model, facts, loc, name, EditConfig(steps=20, lr=5e-3, retain_batch=16), progress=False)
     try:
         first, last = result.log[0], result.log[-1]
         assert last["forget"] < first["forget"] and last["loss"] < first["loss"], name

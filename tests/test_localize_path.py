@@ -52,12 +52,8 @@ def test_path_mlps_carry_the_fact_at_the_subject(factworld, sport_facts, sport_p
     assert sum(res[c] for c in chosen) > 0.2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "on the current factworld model (v1) the probe range is [3] (the attribute only becomes decodable at the "
-    "last subject token after MLP 3, whose subject-position output no later head can read: its activation-"
-    "patching effect there is 0), while the path MLPs (feeding extraction heads in layer 3) are in layers 0-2. "
-    "If a new factworld recipe makes them overlap, this XPASS fails on purpose: drop the xfail mark."))
 def test_path_overlaps_probe_range(factworld, sport_facts, sport_path):
+    """The MLPs feeding the extraction heads overlap the probe's fact-lookup range (failed on factworld v1)."""
     probe = localize(factworld, sport_facts, "probe", progress=False)
     assert set(probe.layers) & set(sport_path.layers), (probe.layers, sport_path.layers)
 

@@ -122,13 +122,22 @@ def test_corruptions_touch_only_the_subject_and_are_seeded(factworld, setup):
     b = setup.batch
     ids, start, last = b.input_ids, b.subject_start, b.subject_last
     mask = subject_mask(start, last, ids.shape[1])
-    swapped, partners = swap_subjects(ids, start, last, seed=5)
+    swapped, partners = swap_subjects(ids, start, last, seed=5, fallback="random")
     assert torch.equal(swapped[~mask], ids[~mask])
+    lonely = [i for i, j in enumerate(partners) if j < 0]
+    lengths = (last - start).tolist()
+    assert all(lengths.count(lengths[i]) == 1 for i in lonely)  # only rows with a unique subject length
+    assert len(lonely) < len(partners) // 2
+    if lonely:
+        with pytest.raises(ValueError, match=rf"rows \[{lonely[0]}"):
+            swap_subjects(ids, start, last, seed=5)
     for i, j in enumerate(partners):
-        assert j >= 0 and last[j] - start[j] == last[i] - start[i]
+        if j < 0:
+            continue
+        assert last[j] - start[j] == last[i] - start[i]
         assert torch.equal(swapped[i, start[i]:last[i] + 1], ids[j, start[j]:last[j] + 1])
         assert not torch.equal(ids[i, start[i]:last[i] + 1], ids[j, start[j]:last[j] + 1])
-    assert torch.equal(swap_subjects(ids, start, last, seed=5)[0], swapped)
+    assert torch.equal(swap_subjects(ids, start, last, seed=5, fallback="random")[0], swapped)
     rnd = random_subject_tokens(ids, start, last, vocab_ids=torch.arange(3, 50), seed=1)
     assert torch.equal(rnd[~mask], ids[~mask]) and bool(((rnd[mask] >= 3) & (rnd[mask] < 50)).all())
     assert torch.equal(rnd, random_subject_tokens(ids, start, last, vocab_ids=torch.arange(3, 50), seed=1))
