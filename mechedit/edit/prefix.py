@@ -10,6 +10,7 @@ forward differs) it warns and falls back to full forwards, so results never depe
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 
@@ -40,13 +41,14 @@ def _from_layer(model, start: int, x: Float[torch.Tensor, "b t d"], mask: Int[to
     base = hf_model_of(model).model
     create_causal_mask = sys.modules[type(base).__module__].create_causal_mask
     position_ids = torch.arange(x.shape[1]).unsqueeze(0)
-    causal = create_causal_mask(config=base.config, inputs_embeds=x, attention_mask=mask, past_key_values=None,
-                                position_ids=position_ids)
+    no_cache = {"cache": None} if "cache" in inspect.signature(create_causal_mask).parameters else \
+        {"past_key_values": None}  # transformers renamed it (5.x)
+    causal = create_causal_mask(config=base.config, inputs_embeds=x, attention_mask=mask, position_ids=position_ids,
+                                **no_cache)
     pos_emb = base.rotary_emb(x, position_ids=position_ids)
     h = x
     for layer in _layers(base)[start:]:
-        h = layer(h, attention_mask=causal, position_embeddings=pos_emb, position_ids=position_ids,
-                  past_key_values=None, use_cache=False)
+        h = layer(h, attention_mask=causal, position_embeddings=pos_emb, position_ids=position_ids, use_cache=False)
         h = h[0] if isinstance(h, tuple) else h
     return base.norm(h)
 
