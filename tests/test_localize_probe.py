@@ -184,4 +184,9 @@ def test_range_ending_at_the_final_layer_is_flagged(factworld, sport_facts, monk
     with pytest.warns(UserWarning, match="ends at the final layer 3"):
         loc = localize(factworld, sport_facts, "probe", progress=False)
     assert loc.components == [MLP(3)] and loc.extra["warnings"]
+    slow = probe_mod.ProbeCurves({"subject": [0.4, 0.5, 0.6, 0.7], "full": [0.4, 0.5, 0.6, 0.7]},
+                                 {"subject": 0.3, "full": 0.3}, 0.25, ["chess", "golf", "rugby", "tennis"], 240, 80)
+    monkeypatch.setattr(probe_mod, "probe_curves", lambda *a, **k: slow)
+    with pytest.warns(UserWarning, match="spans 4 of 4 layers"):
+        loc = localize(factworld, sport_facts, "probe", progress=False)
 

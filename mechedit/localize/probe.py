@@ -15,7 +15,9 @@ raises ValueError (the attribute is not linearly decodable at the subject, so no
 Positions: ``subject_last`` (default, the paper's), ``subject_mean`` (mean over the subject's tokens) or
 ``last`` (the prediction token; mixes lookup with extraction). A range ending at the final layer with a
 subject position is kept but flagged (``extra["warnings"]`` and a Python warning): that MLP's output at the
-subject reaches no later layer.
+subject reaches no later layer. So is a range longer than half the layers (a slowly rising curve: on SmolLM2's
+CounterFact "mother tongue" facts the embeddings already give 0.80 against a 0.74 majority class, and the
+range becomes layers 0-23 — not a localization).
 
 Facts mixing relations: only ``relation`` (default: the largest relation) is probed. Subjects repeated within
 the relation keep their first fact. Answers with fewer than ``min_class_size`` facts are dropped (listed in
@@ -199,6 +201,12 @@ def localize_probe(
                      "later layer, so it cannot be read by the prediction at a later token (the attribute becomes "
                      "linearly decodable at the subject only at the very end; the lookup may be distributed or "
                      "nonlinear in earlier layers)")
+        warnings.warn(notes[-1], stacklevel=2)
+    n_layers = model_shape(model).n_layers
+    if end - start + 1 > n_layers // 2:
+        notes.append(f"the chosen range spans {end - start + 1} of {n_layers} layers: the accuracy curve rises slowly "
+                     f"(embeddings {baseline:.2f}, max {max(curve):.2f}, chance {curves.chance:.2f}), so it does not "
+                     "single out fact-lookup MLPs; the attribute may be guessable from the name itself")
         warnings.warn(notes[-1], stacklevel=2)
     extra = {
         "warnings": notes,
