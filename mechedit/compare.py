@@ -24,6 +24,9 @@ from mechedit.facts import FactError, FactSet, load_facts
 
 BUDGET_SOURCES = ("probe", "path")  # the fact-lookup localizations that define the parameter budget
 BUDGETED = ("causal-tracing", "attribution", "random")  # ranking-based methods cut to that budget
+# probes learn a relation-level map from many subjects: they are fitted on every known fact of the relation
+# (the paper's recipe), not only on the handful of facts being edited (classes would be too small to split)
+RELATION_LEVEL = ("probe",)
 
 # summary columns: (header, metrics.json key)
 COLUMNS = (
@@ -54,6 +57,7 @@ class CompareSettings:
     steps: int | None = None  # edit steps (None: EditConfig default)
     lr: float | None = None
     relearn: bool = True
+    relearn_steps: int | None = None  # relearning-attack steps (None: RelearnConfig default, 20)
     latent: bool = True
     diagnostics: bool = False
 
@@ -99,7 +103,7 @@ def _latent_max(metrics: dict) -> float | None:
 def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run the comparison; returns the summary dict (also written to ``out_dir`` when given)."""
     from mechedit.edit import EditConfig, edit
-    from mechedit.evaluate import evaluate
+    from mechedit.evaluate import RelearnConfig, evaluate
     from mechedit.localize import get_localizer
     from mechedit.models import load_model
 
@@ -119,27 +123,33 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
     edit_kw = {k: v for k, v in (("steps", settings.steps), ("lr", settings.lr)) if v is not None}
     runs: list[MethodRun] = []
     bar = tqdm(total=settings.seeds * len(methods), desc="compare", disable=not progress)
+    relearn_cfg = RelearnConfig() if settings.relearn_steps is None else RelearnConfig(steps=settings.relearn_steps)
     for seed in range(settings.seeds):
         fs = run_facts(pool, settings, seed)
         budget = None
+        reference: dict = {}  # the original model's behaviour and MCQ shot count: same for every method
         for method in order:
             bar.set_postfix(seed=seed, method=method)
             t0 = time.time()
             kw = {"budget": budget} if method in BUDGETED and budget is not None else {}
-            loc = get_localizer(method)(base, fs, seed=seed, progress=False, **kw)
+            loc = get_localizer(method)(base, pool if method in RELATION_LEVEL else fs, seed=seed, progress=False,
+                                        **kw)
             if method in BUDGET_SOURCES and budget is None:
                 budget = loc.n_params
             t1 = time.time()
             result = edit(work, fs, loc, settings.objective, EditConfig(seed=seed, **edit_kw), progress=False)
             t2 = time.time()
             try:
-                ev = evaluate(work, fs, original=base, seed=seed, relearn=settings.relearn,
-                              latent=settings.latent, diagnostics=settings.diagnostics, progress=False)
+                ev = evaluate(work, fs, original=base, seed=seed, relearn=settings.relearn, relearn_config=relearn_cfg,
+                              latent=settings.latent, diagnostics=settings.diagnostics, progress=False,
+                              n_shots=reference.get("n_shots"), original_behaviour=reference.get("behaviour"))
+                reference.setdefault("n_shots", ev.meta["mcq_shots"])
+                reference.setdefault("behaviour", ev.original_behaviour)
             finally:
                 result.revert(work)
             metrics = ev.to_dict()
             metrics["latent_probe_max"] = _latent_max(metrics)
-            metrics.setdefault("n_params_trained", result.n_params_trained)
+            metrics["n_params_trained"] = int(result.n_params_trained)  # evaluate saw the edited model, not the edit
             runs.append(MethodRun(method, seed, loc.to_dict(), metrics,
                                   {"localize": t1 - t0, "edit": t2 - t1, "evaluate": time.time() - t2}))
             bar.update(1)

@@ -58,6 +58,8 @@ def compare(
     relation: str | None = typer.Option(None, "--relation", help="default: the relation with most known facts"),
     steps: int | None = typer.Option(None, "--steps", help="edit steps (default: EditConfig's)"),
     relearn: bool = typer.Option(True, "--relearn/--no-relearn"),
+    relearn_steps: int | None = typer.Option(None, "--relearn-steps", help="relearning-attack steps (default 20)"),
+    max_maintain: int = typer.Option(64, "--max-maintain", help="maintain facts per run (seeded sample)"),
     diagnostics: bool = typer.Option(False, "--diagnostics/--no-diagnostics", help="PCA/CKA/Fisher per layer"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
 ) -> None:
@@ -68,7 +70,8 @@ def compare(
         names = [m.strip() for m in methods.split(",") if m.strip()]
         settings = CompareSettings(model=model, facts=facts, methods=names,
                                    objective=objective, n_facts=n_facts, seeds=seeds, relation=relation, steps=steps,
-                                   relearn=relearn, diagnostics=diagnostics)
+                                   relearn=relearn, relearn_steps=relearn_steps, max_maintain=max_maintain,
+                                   diagnostics=diagnostics)
         run_and_report(settings, out)
 
 

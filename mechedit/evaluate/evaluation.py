@@ -160,12 +160,15 @@ def evaluate(
     relearn_config: RelearnConfig | None = None, latent: bool = True, diagnostics: bool = False,
     fluency_text: str = "auto", n_shots: int | None = None, max_maintain: int | None = 256,
     rule: VerdictRule | None = None, batch_size: int = 64, progress: bool = True,
+    original_behaviour: Behaviour | None = None,
 ) -> Evaluation:
     """Evaluate an edit of ``facts`` (forget/edit facts marked) — never modifying the caller's models.
 
     ``edit`` (an EditResult) with ``model`` its base model evaluates an edited copy against ``model``; without
     ``edit``, ``model`` is the edited model and ``original`` (optional) the unedited one. ``n_shots=None``: the
-    few-shot MCQ prefix (0 or 3 maintain facts) that scores best on the original model. Sections: behaviour
+    few-shot MCQ prefix (0 or 3 maintain facts) that scores best on the original model. ``original_behaviour``:
+    the original model's scores from an earlier call with the same facts, seed and ``n_shots`` (reused, not
+    recomputed, when comparing several edits of one fact set). Sections: behaviour
     (always), fluency and latent probes (need the original), the relearning attack (``relearn=True``, on a
     copy), representation diagnostics (``diagnostics=True``), then the verdict (``mechedit.evaluate.verdict``).
     """
@@ -187,7 +190,8 @@ def evaluate(
     kw = dict(seed=seed, n_shots=n_shots, max_maintain=max_maintain, batch_size=batch_size, progress=progress)
     ev = Evaluation(behaviour=timed("behaviour", score_behaviour, edited, facts, **kw), meta=ev_meta)
     if original is not None:
-        ev.original_behaviour = timed("original_behaviour", score_behaviour, original, facts, **kw)
+        ev.original_behaviour = original_behaviour or timed("original_behaviour", score_behaviour, original, facts,
+                                                            **kw)
         from mechedit.edit.fluency import fluency_texts
 
         maintain = facts.maintain_set() if len(facts.forget_set()) < len(facts) else None
