@@ -142,7 +142,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
             try:
                 ev = evaluate(work, fs, original=base, seed=seed, relearn=settings.relearn, relearn_config=relearn_cfg,
                               latent=settings.latent, diagnostics=settings.diagnostics, progress=False,
-                              n_shots=reference.get("n_shots"), original_behaviour=reference.get("behaviour"))
+                              n_shots=reference.get("n_shots"), original_behaviour=reference.get("behaviour"),
+                              latent_train=pool)  # latent probes, like the probe localizer, learn from the relation
                 reference.setdefault("n_shots", ev.meta["mcq_shots"])
                 reference.setdefault("behaviour", ev.original_behaviour)
             finally:
@@ -214,6 +215,7 @@ def write_run(out: Path, summary: dict) -> None:
             cells += [_fmt_csv(s["columns"][key]["mean"]), _fmt_csv(s["columns"][key]["std"])]
         rows.append(",".join(cells))
     (out / "summary.csv").write_text("\n".join(rows) + "\n")
+    (out / "summary.md").write_text(summary_markdown(summary))
     for m in summary["methods"]:
         mine = [r for r in summary["runs"] if r["method"] == m]
         (out / m).mkdir(exist_ok=True)
@@ -238,3 +240,32 @@ def format_cell(stat: dict) -> str:
     if stat["mean"] is None:
         return "-"
     return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat["n"] > 1 else "")
+
+
+def summary_title(summary: dict) -> str:
+    """Model, fact pool, objective and size of a comparison, in one line."""
+    s = summary["settings"]
+    return (f"{s['model']} · {summary['fact_pool']} · objective {s['objective']} · "
+            f"{s['n_facts']} facts × {s['seeds']} seed(s)")
+
+
+def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted rows of the summary table (columns nobody measured are left out)."""
+    shown = [(h, k) for h, k in COLUMNS
+             if any(m["columns"][k]["mean"] is not None for m in summary["methods"].values())]
+    rows = []
+    for method, m in summary["methods"].items():
+        verdict = ", ".join(f"{v} {n}/{sum(m['verdicts'].values())}" for v, n in m["verdicts"].items())
+        params = m["n_params"]["mean"]
+        rows.append([method, *[format_cell(m["columns"][k]) for _, k in shown], verdict,
+                     f"{params / 1e6:.2f}M" if params else "-"])
+    return ["method", *[h for h, _ in shown], "verdict", "params"], rows
+
+
+def summary_markdown(summary: dict) -> str:
+    """The summary table as Markdown (summary.md: paste it into a paper draft or a README)."""
+    headers, rows = table_rows(summary)
+    lines = [f"**{summary_title(summary)}** — elapsed {summary['elapsed_seconds']:.0f} s", "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

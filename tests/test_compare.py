@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
 
 def test_compare_writes_every_file(run_dir):
     out, summary = run_dir
-    for name in ("summary.csv", "summary.json"):
+    for name in ("summary.csv", "summary.json", "summary.md"):
         assert (out / name).exists()
     for method in ("probe", "path", "random", "nonlocalized"):
         assert (out / method / "loc.json").exists()

@@ -98,6 +98,35 @@ def test_verdict_rule():
     assert v.verdict == "suppressed"  # the model still gives the true answer
     strict = VerdictRule(relearn=0.05)
     assert decide(**common, relearn_recovery=0.1, rule=strict).verdict == "suppressed"
+    # probes that barely beat chance on the original (SmolLM2 demo: 0.50 vs 0.25 on 8 facts... here 0.40 vs 0.25)
+    # cannot show a loss: the latent signal is left out instead of normalizing by a tiny denominator
+    v = decide(**common, relearn_recovery=0.1, latent_after=0.4, latent_before=0.4, latent_chance=0.25)
+    assert v.verdict == "removed" and v.signals["latent"]["says"] == "not measured"
+    assert v.signals["latent"]["detail"]["too_weak"] and any("not used" in r for r in v.reasons)
+    v = decide(**common, latent_after=0.4, latent_before=0.4, latent_chance=0.25)
+    assert v.verdict is None  # nothing decisive left
+
+
+def test_latent_probes_train_on_extra_facts_but_never_on_forget_subjects(factworld, sport_facts, monkeypatch):
+    from mechedit.evaluate import latent as latent_mod
+
+    facts = sport_facts.sample(40, seed=1).mark_forget(8, seed=0, with_targets=True)
+    seen: list[list[str]] = []
+    real = latent_mod._features
+
+    def spy(model, fs, batch_size, progress):
+        seen.append([f.subject for f in fs])
+        return real(model, fs, batch_size, progress)
+
+    monkeypatch.setattr(latent_mod, "_features", spy)
+    small = latent_mod.latent_probes(factworld, factworld, facts, fresh=False, progress=False)
+    big = latent_mod.latent_probes(factworld, factworld, facts, fresh=False, progress=False, train_facts=sport_facts)
+    forget = {f.subject for f in facts.forget_set()}
+    pools = [s for s in seen if not set(s) <= forget]  # feature calls on training pools (not on the forget facts)
+    assert len(pools) == 2 and len(pools[1]) > 3 * len(pools[0])
+    assert not forget & set(pools[1])
+    assert big.n_train > 3 * small.n_train
+    assert big.best("original_before") >= 0.9  # the unedited model: the true answer is decodable
 
 
 def test_bad_input(factworld, sport_facts, edit_facts, small_edit):

@@ -14,23 +14,17 @@ from mechedit.cli.common import console, user_errors
 
 def summary_table(summary: dict) -> Table:
     """One row per method: mean ± spread over seeds of the headline metrics, verdicts and parameters."""
-    from mechedit.compare import COLUMNS, format_cell
+    from mechedit.compare import summary_title, table_rows
 
-    s = summary["settings"]
-    table = Table(title=f"{s['model']} · {summary['fact_pool']} · objective {s['objective']} · "
-                        f"{s['n_facts']} facts × {s['seeds']} seed(s)")
-    table.add_column("method")
-    shown = [(h, k) for h, k in COLUMNS
-             if any(m["columns"][k]["mean"] is not None for m in summary["methods"].values())]
-    for header, _ in shown:
+    headers, rows = table_rows(summary)
+    table = Table(title=summary_title(summary))
+    table.add_column(headers[0])
+    for header in headers[1:-2]:
         table.add_column(header, justify="right")
-    table.add_column("verdict")
-    table.add_column("params", justify="right")
-    for method, m in summary["methods"].items():
-        verdict = ", ".join(f"{v} {n}/{sum(m['verdicts'].values())}" for v, n in m["verdicts"].items())
-        params = m["n_params"]["mean"]
-        table.add_row(method, *[format_cell(m["columns"][k]) for _, k in shown], verdict,
-                      f"{params / 1e6:.2f}M" if params else "-")
+    table.add_column(headers[-2])
+    table.add_column(headers[-1], justify="right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

@@ -160,7 +160,7 @@ def evaluate(
     relearn_config: RelearnConfig | None = None, latent: bool = True, diagnostics: bool = False,
     fluency_text: str = "auto", n_shots: int | None = None, max_maintain: int | None = 256,
     rule: VerdictRule | None = None, batch_size: int = 64, progress: bool = True,
-    original_behaviour: Behaviour | None = None,
+    original_behaviour: Behaviour | None = None, latent_train: FactSet | None = None,
 ) -> Evaluation:
     """Evaluate an edit of ``facts`` (forget/edit facts marked) — never modifying the caller's models.
 
@@ -168,7 +168,8 @@ def evaluate(
     ``edit``, ``model`` is the edited model and ``original`` (optional) the unedited one. ``n_shots=None``: the
     few-shot MCQ prefix (0 or 3 maintain facts) that scores best on the original model. ``original_behaviour``:
     the original model's scores from an earlier call with the same facts, seed and ``n_shots`` (reused, not
-    recomputed, when comparing several edits of one fact set). Sections: behaviour
+    recomputed, when comparing several edits of one fact set). ``latent_train``: more facts to train the latent
+    probes on (forget subjects excluded; see ``mechedit.evaluate.latent``). Sections: behaviour
     (always), fluency and latent probes (need the original), the relearning attack (``relearn=True``, on a
     copy), representation diagnostics (``diagnostics=True``), then the verdict (``mechedit.evaluate.verdict``).
     """
@@ -202,7 +203,8 @@ def evaluate(
         ev.relearn = timed("relearn", relearn_attack, edited, facts, relearn_config, original=original, seed=seed,
                            keep_model=diagnostics, progress=progress)
     if latent and original is not None:
-        ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress)
+        ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
+                           train_facts=latent_train)
     if diagnostics and original is not None:
         from mechedit.diagnostics import diagnose
 

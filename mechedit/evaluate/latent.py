@@ -3,7 +3,9 @@
 For each relation of the forget facts, linear probes (``probes.LogisticProbe``, one per layer, fitted all at once)
 are trained to predict the true answer from the residual stream after every block, at the last subject token and
 at the last token, on **maintain** facts of that relation (a seeded stratified 75 % of them; the other 25 % give
-the probe's held-out accuracy, its quality). Two probe sets:
+the probe's held-out accuracy, its quality). ``train_facts`` adds more facts to that pool (e.g. every known fact of
+the relation, as ``mechedit compare`` does: a few dozen maintain facts make weak probes); facts about a forget
+subject are never used for training. Two probe sets:
 
 - **original probes**: trained on the original model's activations, then applied to the edited model's
   activations of the forget facts (and, as the reference, to the original model's);
@@ -102,9 +104,24 @@ def _score(probe, X: torch.Tensor, y: list[str | None]) -> np.ndarray:
     return (pred == np.array([y[i] for i in keep], dtype=object)[None, :]).mean(1)
 
 
+def _training_pool(maintain: FactSet, forget: FactSet, extra: FactSet | None) -> FactSet:
+    """Maintain facts plus ``extra`` facts, without duplicates and without any fact about a forget subject."""
+    if extra is None:
+        return maintain
+    banned = {(f.relation, f.subject) for f in forget}
+    seen, out = set(), []
+    for f in (*maintain, *extra):
+        key = (f.relation, f.subject, f.prompt)
+        if key in seen or (f.relation, f.subject) in banned:
+            continue
+        seen.add(key)
+        out.append(f)
+    return maintain.subset(out)
+
+
 def latent_probes(
     original, edited, facts: FactSet, *, seed: int = 0, max_train: int = 400, C: float = 1.0, fresh: bool = True,
-    batch_size: int = 32, progress: bool = True,
+    batch_size: int = 32, progress: bool = True, train_facts: FactSet | None = None,
 ) -> LatentProbes:
     """Probe the true (and new) answers of the forget facts in ``edited`` at every layer (see module docstring)."""
     from probes import stratified_split
@@ -123,7 +140,7 @@ def latent_probes(
     weights_test, weights_quality, chance_sum = 0, 0, 0.0
     n_train_total, notes, relations = 0, [], []
     has_targets = any(f.target for f in forget)
-    maint_by_rel = maintain.by_relation()
+    maint_by_rel = _training_pool(maintain, forget, train_facts).by_relation()
     for rel, group in forget.by_relation().items():
         pool = list(maint_by_rel[rel]) if rel in maint_by_rel else []
         counts: dict[str, int] = {}

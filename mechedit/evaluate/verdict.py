@@ -15,7 +15,9 @@ relearning        recovery of the held-out half after the relearning attack     
 latent probes     best (over layers, positions, original and fresh probes) true-answer     ``>= 0.5``
                   accuracy on the edited model, as a share of the original model's best
                   above chance: (best_after − chance) / (best_before − chance); chance =
-                  best constant prediction (not measurable when all facts share an answer)
+                  best constant prediction (not measurable when all facts share an answer,
+                  nor when the original's best is less than ``latent_margin`` above chance:
+                  probes that barely decode the facts before the edit cannot show their loss)
 drift             1 − mean linear CKA (original vs edited, forget prompts), informative:  not used alone
                   a suppression leaves representations almost unchanged (Xu et al.)
 ================  =====================================================================  ===============
@@ -39,6 +41,7 @@ class VerdictRule:
     behaviour: float = 0.5
     relearn: float = 0.5
     latent: float = 0.5
+    latent_margin: float = 0.2  # the original's latent accuracy must exceed chance by this much to be a signal
     min_drift: float = 0.01
 
 
@@ -87,9 +90,16 @@ def decide(
         {"forget_accuracy": forget_accuracy, "original_forget_accuracy": original_forget_accuracy,
          "chance": chance}, "true answer still given (share of the original above chance)")
     add("relearning", relearn_recovery, rule.relearn, {}, "held-out recovery after relearning")
-    lat = normalized(latent_after, latent_chance if latent_chance is not None else chance, latent_before)
+    lat_chance = latent_chance if latent_chance is not None else chance
+    lat = normalized(latent_after, lat_chance, latent_before)
+    weak = latent_before is not None and latent_before - lat_chance < rule.latent_margin
+    if weak:
+        lat = None
+        reasons.append(f"latent: not used — probes decode only {latent_before:.2f} of the facts on the original "
+                       f"model against chance {lat_chance:.2f} (margin < {rule.latent_margin}); train them on more "
+                       "facts of the relation")
     add("latent", lat, rule.latent,
-        {"best_after": latent_after, "best_before": latent_before, "chance": latent_chance},
+        {"best_after": latent_after, "best_before": latent_before, "chance": latent_chance, "too_weak": weak},
         "true answer decodable by probes (share of the original above chance)")
     drift = None if mean_cka is None else float(1.0 - mean_cka)
     signals["drift"] = {"value": drift, "threshold": rule.min_drift, "says": "informative",
