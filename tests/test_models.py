@@ -80,3 +80,18 @@ def test_smollm2_loads_from_cache_and_knows_capitals(smollm2):
     capitals = cf.by_relation()["P36"]
     s = score_facts(smollm2, capitals)
     assert s.mean("answer_correct") >= 0.6  # 14 of 19 when this was written
+
+
+def test_scoring_batches_cap_padded_tokens_and_scores_do_not_depend_on_batching(factworld, world_facts):
+    from mechedit.scoring import length_batches, render_items, score_items
+
+    lengths = [8] * 63 + [100] + [20] * 10
+    batches = length_batches(lengths, batch_size=64, max_tokens=64 * 32)
+    assert sorted(k for b in batches for k in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[k] for k in b) <= 64 * 32 or len(b) == 1 for b in batches)
+    assert [63] in batches  # the long prompt is not padding 63 short ones
+    items = render_items(factworld.tokenizer, world_facts[:40], "mcq", seed=0) + \
+        render_items(factworld.tokenizer, world_facts[:40], "prompt")
+    a, b = score_items(factworld, items, batch_size=64), score_items(factworld, items, batch_size=3)
+    assert (a.answer_correct == b.answer_correct).all()
+    assert abs(a.answer_prob - b.answer_prob).max() < 1e-4
