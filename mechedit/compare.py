@@ -76,6 +76,8 @@ class MethodRun:
 def pick_relation(known: FactSet, relation: str | None) -> FactSet:
     """The facts of ``relation``, or of the relation with the most known facts."""
     groups = known.by_relation()
+    if len(groups) == 1 and relation in (None, *groups):
+        return known  # already one relation: keep its name
     if relation is not None:
         if relation not in groups:
             raise FactError(f"relation {relation!r} not among the known facts' relations {sorted(groups)}")
