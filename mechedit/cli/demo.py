@@ -12,7 +12,7 @@ from mechedit.cli.common import user_errors
 # small enough to finish in a few minutes on 2 CPU cores; `mechedit compare` takes every knob
 DEMO = {
     "smollm2-135m": {"facts": "counterfact", "relation": "P178", "methods": ["probe", "path", "nonlocalized"],
-                     "n_facts": 8, "seeds": 1, "steps": 20, "max_maintain": 32, "relearn_steps": 10,
+                     "n_facts": 8, "seeds": 1, "steps": 15, "max_maintain": 32, "relearn_steps": 10,
                      "latent": True, "relearn": True},
     "factworld": {"facts": "factworld", "methods": ["probe", "path", "causal-tracing", "random", "nonlocalized"],
                   "n_facts": 16, "seeds": 3, "steps": 30, "max_maintain": 64, "latent": True, "relearn": True},
