@@ -195,14 +195,17 @@ def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, 
 
 def versions() -> dict:
     """Versions of the packages that determine the numbers."""
-    import torch
-    import transformer_lens
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    from mechedit import __version__
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
 
-    return {"mechedit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "transformer_lens": getattr(transformer_lens, "__version__", "?"),
+    # distribution metadata, not __version__: transformer_lens 4.x has no __version__ attribute
+    return {"mechedit": installed("mechedit"), "python": platform.python_version(), "torch": installed("torch"),
+            "transformers": installed("transformers"), "transformer_lens": installed("transformer-lens"),
             "platform": platform.platform()}
 
 
