@@ -64,7 +64,7 @@ def worker(args) -> None:
     from mechedit.components import MLP, Attn, model_shape
     from mechedit.edit import EditConfig, edit
     from mechedit.facts import load_facts
-    from mechedit.localization import Localization, make_localization
+    from mechedit.localize.localization import Localization, make_localization
     from mechedit.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -100,7 +100,7 @@ def prepare(args, workdir: Path) -> tuple[Path, Path, str]:
 
     from mechedit.components import MLP
     from mechedit.facts import load_facts
-    from mechedit.localization import Localization, make_localization
+    from mechedit.localize.localization import Localization, make_localization
     from mechedit.models import load_model
 
     torch.set_num_threads(args.threads)

@@ -35,10 +35,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _timing import timed  # noqa: E402
 
+from mechedit.cache import cache_dir  # noqa: E402
 from mechedit.components import model_shape  # noqa: E402
 from mechedit.facts import Fact, FactSet, load_facts  # noqa: E402
 from mechedit.models import fingerprint, load_model  # noqa: E402
-from mechedit.paths import cache_dir  # noqa: E402
 from mechedit.tokens import encode  # noqa: E402
 from probes import LogisticProbe, collect_activations, layer_hooks, stratified_split  # noqa: E402
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from mechedit.paths import data_path
+from mechedit.data import data_path
 
 BUNDLED_FACTSETS = ("sports", "counterfact", "factworld")
 MCQ_LETTERS = "ABCDEFGH"

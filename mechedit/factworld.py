@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from mechedit.cache import cache_dir
 from mechedit.facts import Fact, FactSet
-from mechedit.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

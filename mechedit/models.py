@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mechedit.paths import cache_dir
+from mechedit.cache import cache_dir
 
 log = logging.getLogger(__name__)
 

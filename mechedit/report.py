@@ -15,7 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from mechedit.compare import COLUMNS, format_cell
-from mechedit.localization import Localization
+from mechedit.localize.localization import Localization
 
 
 def comparison_figure(summary: dict) -> go.Figure:

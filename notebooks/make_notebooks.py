@@ -14,6 +14,7 @@ def nb(cells):
 
 common_load = SWITCH + FACTS + '''
 import mechedit
+from mechedit.localize import localize
 model = mechedit.load_model(MODEL)
 facts = mechedit.load_facts(FACTS).validated(model.tokenizer, on_collision="drop")
 if MODEL != "factworld":
@@ -48,7 +49,7 @@ print("extraction heads:", direct.top(4))
 ''',
 "md:## The same picture as a Localization, with the heatmap",
 '''from mechedit.plots.patching import plot_patching
-loc = mechedit.localize(model, facts_one, method="path", progress=False)
+loc = localize(model, facts_one, method="path", progress=False)
 print(loc.components, loc.extra.get("extraction_heads"))
 plot_patching(loc)
 ''',
@@ -75,8 +76,8 @@ fs = facts.by_relation()[relation].mark_forget(16, seed=0)   # 16 facts get a ne
 print(relation, len(fs.forget_set()), "to edit,", len(fs.maintain_set()), "to keep")
 ''',
 "md:## Localize",
-'''probe_loc = mechedit.localize(model, fs, method="probe", progress=False)
-path_loc = mechedit.localize(model, fs, method="path", progress=False)
+'''probe_loc = localize(model, fs, method="probe", progress=False)
+path_loc = localize(model, fs, method="path", progress=False)
 print("probe:", probe_loc.components, probe_loc.n_params)
 print("path :", path_loc.components, path_loc.n_params)
 from mechedit.plots.probe_accuracy import plot_probe_accuracy
@@ -87,7 +88,7 @@ plot_probe_accuracy(probe_loc)
 from mechedit.evaluate import evaluate
 base = mechedit.load_model(MODEL)             # an untouched reference copy
 results = {}
-for name, loc in [("path", path_loc), ("nonlocalized", mechedit.localize(model, fs, method="nonlocalized"))]:
+for name, loc in [("path", path_loc), ("nonlocalized", localize(model, fs, method="nonlocalized"))]:
     delta = edit(model, fs, loc, "edit", EditConfig(steps=30, seed=0), progress=False)
     ev = evaluate(model, fs, original=base, relearn=True, seed=0, progress=False)
     delta.revert(model)                        # bit-exact: the next method starts from the same weights
@@ -113,7 +114,7 @@ curves = {}
 for relation, rel_facts in facts.by_relation().items():
     if len(rel_facts) < 40:
         continue
-    loc = mechedit.localize(model, rel_facts, method="probe", progress=False)
+    loc = localize(model, rel_facts, method="probe", progress=False)
     for variant, curve in loc.extra["curves"].items():
         curves[f"{relation} · {variant}"] = curve
     print(relation, "-> chosen MLP layers", loc.layers)

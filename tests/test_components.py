@@ -14,7 +14,7 @@ from mechedit.components import (
     parse_component,
     trainable_masks,
 )
-from mechedit.localization import Localization, cut_to_budget, make_localization
+from mechedit.localize.localization import Localization, cut_to_budget, make_localization
 
 
 def test_shape_and_counts(factworld):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechedit.diagnostics import (
+from mechedit.evaluate.diagnostics import (
     diagnose,
     diagonal_fisher,
     fisher_by_layer,

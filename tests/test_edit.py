@@ -10,7 +10,7 @@ import torch
 from mechedit.components import MLP, Head, model_shape, n_params, trainable_masks
 from mechedit.edit import EditConfig, EditError, Objective, Terms, compose, edit, edit_sequence
 from mechedit.edit.masking import TrainableSet
-from mechedit.localization import make_localization
+from mechedit.localize.localization import make_localization
 from mechedit.models import hf_model_of, hf_parameters
 from mechedit.scoring import score_facts
 

@@ -9,7 +9,7 @@ from mechedit.cli import app
 from mechedit.components import MLP
 from mechedit.edit import EditResult
 from mechedit.facts import load_facts
-from mechedit.localization import make_localization
+from mechedit.localize.localization import make_localization
 
 
 def test_cli_edit_writes_edit_dir(factworld, tmp_path):

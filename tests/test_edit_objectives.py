@@ -10,7 +10,7 @@ import torch
 from mechedit.components import MLP
 from mechedit.edit import OBJECTIVES, EditConfig, ObjectiveInputs, edit
 from mechedit.edit.teacher import _name_token_map, teacher_distribution
-from mechedit.localization import make_localization
+from mechedit.localize.localization import make_localization
 from mechedit.models import hf_parameters, load_model
 from mechedit.scoring import score_facts
 

@@ -9,7 +9,7 @@ import torch
 
 from mechedit.components import MLP, Head
 from mechedit.edit import EditConfig, EditError, EditResult, edit
-from mechedit.localization import make_localization
+from mechedit.localize.localization import make_localization
 from mechedit.models import hf_parameters, load_model
 
 

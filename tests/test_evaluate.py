@@ -36,7 +36,7 @@ def small_edit(factworld, edit_facts):
     """An 'edit' of the first three MLPs made on a private copy of factworld (the session model stays base)."""
     from mechedit.components import MLP
     from mechedit.edit import EditConfig, edit
-    from mechedit.localization import make_localization
+    from mechedit.localize.localization import make_localization
 
     loc = make_localization(factworld, "mlps-0-2", [MLP(0), MLP(1), MLP(2)])
     cfg = EditConfig(steps=20, lr=3e-3, retain_pool=64, fluency_weight=0.0)
@@ -202,8 +202,8 @@ def test_nonlocalized_ga_is_suppressed_and_fact_lookup_edit_is_removed(factworld
     log1-p on the probe's MLPs 0-1 'removed', maintain 1.00, latent at chance). Relearning recovers nothing for
     either here (0.0 both), so it cannot order them; the latent probes do."""
     from mechedit.edit import EditConfig, edit
-    from mechedit.localization import make_localization
     from mechedit.localize import localize
+    from mechedit.localize.localization import make_localization
 
     facts = sport_facts.mark_forget(16, seed=0, with_targets=False)
 

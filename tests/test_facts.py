@@ -62,7 +62,7 @@ def test_bundled_sets_load():
     assert f.subject == "Danielle Darrieux" and f.answer == "French" and f.suggested_target == "English"
     assert "English" in f.candidates and f.target is None
     assert all("{subject}" in p for p in f.paraphrases) and len(f.neighborhood) == 10
-    cf_t = load_counterfact(__import__("mechedit.paths", fromlist=["x"]).data_path("counterfact.jsonl"),
+    cf_t = load_counterfact(__import__("mechedit.data", fromlist=["x"]).data_path("counterfact.jsonl"),
                             with_targets=True)
     assert cf_t[0].target == "English"
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mechedit.components import MLP, Attn, Head, model_shape, n_params
-from mechedit.localization import Localization
 from mechedit.localize import localize
+from mechedit.localize.localization import Localization
 from mechedit.localize.patch_setup import choose_by_fraction, facts_to_localize, patch_setup
 
 

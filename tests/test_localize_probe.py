@@ -11,8 +11,8 @@ import torch
 
 from mechedit.components import MLP, n_params
 from mechedit.facts import FactError
-from mechedit.localization import Localization
 from mechedit.localize import localize
+from mechedit.localize.localization import Localization
 from mechedit.localize.probe import choose_layer_range
 from mechedit.plots.probe_accuracy import plot_probe_accuracy
 

@@ -72,8 +72,8 @@ def test_local_directory_loads_through_the_same_path(tmp_path, factworld):
 
 @pytest.mark.smollm2
 def test_smollm2_loads_from_cache_and_knows_capitals(smollm2):
+    from mechedit.cache import cache_dir
     from mechedit.facts import load_facts
-    from mechedit.paths import cache_dir
 
     assert (cache_dir() / "smollm2-135m" / "COMPLETE").exists()
     cf = load_facts("counterfact").validated(smollm2.tokenizer, on_collision="drop")

@@ -11,22 +11,11 @@ from rich.table import Table
 
 from mechedit.cli import app
 from mechedit.cli.common import console, user_errors
+from mechedit.edit.marking import marked_facts
 from mechedit.edit.objectives import OBJECTIVES
 
 FACTS_FILE = "facts.csv"
 N_MAINTAIN_SCORED = 256
-
-
-def marked_facts(model, facts_spec: str, objective: str, n_forget: int, seed: int, known_only: bool):
-    """Load FACTS; if no row has a target or forget flag, mark a seeded sample of known facts (targets for edit)."""
-    from mechedit.facts import load_facts
-
-    fs = load_facts(facts_spec).validated(model.tokenizer, on_collision="drop")
-    if any(f.changes for f in fs):
-        return fs
-    if known_only:
-        fs = fs.known_by(model)
-    return fs.mark_forget(n_forget, seed, with_targets=objective == "edit")
 
 
 @app.command()
@@ -47,7 +36,7 @@ def edit(
     """Edit (or unlearn) FACTS in MODEL by training only the localized components; write the revertible delta."""
     from mechedit.edit import EditConfig, EditError
     from mechedit.edit import edit as run_edit
-    from mechedit.localization import Localization
+    from mechedit.localize.localization import Localization
     from mechedit.models import load_model
     from mechedit.scoring import score_facts
 

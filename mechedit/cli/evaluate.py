@@ -32,7 +32,7 @@ def transfer_marks(facts, marked):
 def facts_for(model, facts_spec: str, edit_dir: Path | None, objective: str, n_forget: int, seed: int,
               known_only: bool):
     """The marked facts to evaluate: FACTS' own marks, else the edit's facts.csv marks, else a seeded sample."""
-    from mechedit.cli.edit import marked_facts
+    from mechedit.edit.marking import marked_facts
     from mechedit.facts import load_csv, load_facts
 
     fs = load_facts(facts_spec).validated(model.tokenizer, on_collision="drop")

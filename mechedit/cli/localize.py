@@ -51,8 +51,8 @@ def localize(
 ) -> None:
     """Localize where MODEL stores FACTS and write loc.json (contract: GUIDE §3)."""
     from mechedit.facts import load_facts
-    from mechedit.localization import Localization
     from mechedit.localize import localize as run_localizer
+    from mechedit.localize.localization import Localization
     from mechedit.models import load_model
 
     with user_errors():

@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from mechedit.data import data_path
 from mechedit.edit.config import EditError
 from mechedit.facts import FactSet
 from mechedit.models import model_info
-from mechedit.paths import data_path
 
 BUNDLED_FLUENCY = "fluency.txt"
 N_FACT_SENTENCES = 64

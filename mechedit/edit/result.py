@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mechedit.edit.config import EditConfig, EditError
-from mechedit.localization import Localization
+from mechedit.localize.localization import Localization
 from mechedit.models import fingerprint, hf_parameters
 
 FORMAT_VERSION = 1

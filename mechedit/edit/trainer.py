@@ -30,7 +30,7 @@ from mechedit.edit.prefix import PrefixCache, full_hidden
 from mechedit.edit.result import EditResult
 from mechedit.edit.teacher import replacement_subjects, teacher_distribution
 from mechedit.facts import FactSet
-from mechedit.localization import Localization
+from mechedit.localize.localization import Localization
 from mechedit.models import fingerprint, hf_model_of
 
 REF_BATCH = 64

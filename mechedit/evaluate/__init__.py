@@ -2,7 +2,7 @@
 
 ``evaluate(model, facts, edit=None, original=None, ...) -> Evaluation`` measures behaviour (prompt, paraphrase,
 few-shot MCQ, neighbourhood, fluency), runs the relearning attack on a copy, probes the latent true answer at
-every layer, computes representation diagnostics (``mechedit.diagnostics``) and gives a ``removed`` /
+every layer, computes representation diagnostics (``mechedit.evaluate.diagnostics``) and gives a ``removed`` /
 ``suppressed`` verdict with every number it used. ``Evaluation.save(path)`` writes metrics.json.
 """
 

@@ -42,7 +42,7 @@ class Evaluation:
     fluency_kl: float | None = None  # mean next-token KL(original ‖ edited) on generic text
     relearn: RelearnResult | None = None
     latent: LatentProbes | None = None
-    diagnostics: object | None = None  # mechedit.diagnostics.Diagnostics
+    diagnostics: object | None = None  # mechedit.evaluate.diagnostics.Diagnostics
     verdict: Verdict | None = None
     n_params_trained: int | None = None
     meta: dict = field(default_factory=dict)
@@ -92,7 +92,7 @@ class Evaluation:
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:
         """Inverse of ``to_dict`` (the relearned model is not stored)."""
-        from mechedit.diagnostics import Diagnostics
+        from mechedit.evaluate.diagnostics import Diagnostics
 
         def build(kind, value):
             return None if value is None else kind(**value)
@@ -206,7 +206,7 @@ def evaluate(
         ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
                            train_facts=latent_train)
     if diagnostics and original is not None:
-        from mechedit.diagnostics import diagnose
+        from mechedit.evaluate.diagnostics import diagnose
 
         ev.diagnostics = timed("diagnostics", diagnose, original, edited, facts.forget_set(),
                                relearned=None if ev.relearn is None else ev.relearn.model, progress=progress)

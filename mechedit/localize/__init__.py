@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from mechedit.facts import FactSet
-from mechedit.localization import Localization
+from mechedit.localize.localization import Localization
 
 # method name -> (module, function); modules are imported on first use so that importing mechedit stays fast
 METHODS: dict[str, tuple[str, str]] = {

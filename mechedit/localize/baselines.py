@@ -1,7 +1,7 @@
 """Baseline localizers: causal tracing, attribution patching, random, all MLPs, and no localization.
 
 Ranking-based ones (``causal-tracing``, ``attribution``, ``random``) are cut to ``budget`` (a parameter
-count, e.g. the probe or path localizer's ``n_params``) with ``mechedit.localization.cut_to_budget`` when
+count, e.g. the probe or path localizer's ``n_params``) with ``mechedit.localize.localization.cut_to_budget`` when
 one is given; without a budget ``causal-tracing`` and ``attribution`` keep components scoring at least
 ``fraction`` × the best score. Inputs (facts, corruption, metric) are those of
 ``mechedit.localize.patch_setup``.
@@ -29,7 +29,7 @@ import torch
 
 from mechedit.components import MLP, Attn, all_components, model_shape
 from mechedit.facts import FactSet
-from mechedit.localization import Localization, cut_to_budget, make_localization
+from mechedit.localize.localization import Localization, cut_to_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, patch_setup, pick
 from patching.attribution import attribution_patch
 from patching.tracing import causal_trace

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mechedit.components import Component, parse_component
 from mechedit.facts import FactError, FactSet
-from mechedit.localization import cut_to_budget
+from mechedit.localize.localization import cut_to_budget
 from mechedit.scoring import encode_items, last_logits, render_items
 from mechedit.tokens import PromptBatch
 from patching.corrupt import Corruption, gaussian_noise, random_subject_tokens, subject_mask, swap_subjects

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from mechedit.components import model_shape
 from mechedit.facts import FactSet
-from mechedit.localization import Localization, cut_to_budget, make_localization
+from mechedit.localize.localization import Localization, cut_to_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, choose_by_fraction, patch_setup, pick
 from patching.path import path_patch
 

@@ -36,7 +36,7 @@ import torch
 
 from mechedit.components import MLP, model_shape, n_params
 from mechedit.facts import FactError, FactSet
-from mechedit.localization import Localization, make_localization
+from mechedit.localize.localization import Localization, make_localization
 from mechedit.models import model_info
 from mechedit.tokens import encode
 from probes import LogisticProbe, collect_activations, rare_classes, stratified_split

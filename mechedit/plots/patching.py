@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mechedit.components import MLP, Head, parse_component
-from mechedit.localization import Localization
+from mechedit.localize.localization import Localization
 
 CHOSEN = "#d62728"
 OTHER = "#9fb7d4"

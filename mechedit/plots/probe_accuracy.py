@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from mechedit.localization import Localization
+from mechedit.localize.localization import Localization
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 DASHES = ("solid", "dash", "dot", "dashdot")  # identical curves stay visible on top of each other

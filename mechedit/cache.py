@@ -11,8 +11,3 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("MECHEDIT_CACHE", Path.home() / ".cache" / "mechedit")).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def data_path(name: str) -> Path:
-    """Return the path of a data file shipped inside the package."""
-    return Path(__file__).parent / "data" / name
