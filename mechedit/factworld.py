@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from mechedit.cache import cache_dir
+from mechedit.cache import cache_dir, load_or_build
 from mechedit.facts import Fact, FactSet
 
 log = logging.getLogger(__name__)
@@ -239,17 +239,15 @@ def train_factworld(seed: int = 0, cfg: TrainConfig | None = None, progress: boo
 
 def load_factworld_hf(seed: int = 0, cfg: TrainConfig | None = None):
     """Return the cached factworld (hf_model, tokenizer), training it on first use."""
-    from mechedit.models import _load_cached_hf, _save_cache
-
     cfg = cfg or TrainConfig()
     key = f"v{VERSION}-seed{seed}-{abs(hash_config(cfg)):x}"
-    directory = cache_dir() / "factworld" / key
-    cached = _load_cached_hf(directory)
-    if cached is not None:
-        return cached
-    model, tok = train_factworld(seed, cfg)
-    _save_cache(directory, model, tok, {"seed": seed, "config": cfg.__dict__, "version": VERSION})
-    return _load_cached_hf(directory)  # reloaded so the tokenizer knows its path (the bridge needs it)
+
+    def build():
+        model, tok = train_factworld(seed, cfg)
+        return model, tok, {"seed": seed, "config": cfg.__dict__, "version": VERSION}
+
+    # always loaded back from the cache, so the tokenizer knows its path (the bridge needs it)
+    return load_or_build(cache_dir() / "factworld" / key, build)
 
 
 def hash_config(cfg: TrainConfig) -> int:

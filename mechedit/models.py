@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import json
 import logging
 import os
-import shutil
 import socket
 import threading
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mechedit.cache import cache_dir
+from mechedit.cache import cache_dir, cache_entries, inspect_cache, load_or_build
 
 log = logging.getLogger(__name__)
 
@@ -110,50 +108,24 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _load_cached_hf(directory: Path):
-    """Load model + tokenizer from a cache directory written by ``_save_cache``; None if absent/corrupt."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (directory / "COMPLETE").exists():
-        return None
-    try:
-        with _silence_transformers():
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(directory)
-        return model, tok
-    except Exception as exc:  # corrupted cache: rebuild rather than crash
-        log.warning("cache %s is unreadable (%s); rebuilding it", directory, exc)
-        shutil.rmtree(directory, ignore_errors=True)
-        return None
-
-
-def _save_cache(directory: Path, model, tok, meta: dict) -> None:
-    """Write model + tokenizer atomically-enough: the COMPLETE marker is written last."""
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    model.save_pretrained(directory)
-    tok.save_pretrained(directory)
-    (directory / "COMPLETE").write_text(json.dumps(meta))
-
-
 def load_smollm2_hf():
-    """Return (hf_model, tokenizer) for SmolLM2-135M-Instruct, dequantizing the GGUF on first use."""
+    """Return (hf_model, tokenizer) for SmolLM2-135M-Instruct, dequantizing the GGUF once into the cache."""
     gguf = smollm2_gguf_path()
     directory = cache_dir() / "smollm2-135m"
-    cached = _load_cached_hf(directory)
-    if cached is not None:
-        return cached
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.warning("dequantizing %s once (about 20 s); cached under %s", gguf.name, directory)
-    with _silence_transformers():
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    _save_cache(directory, model, tok, {"source": str(gguf), "size": gguf.stat().st_size})
-    return model, tok
+    def build():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.warning("dequantizing %s once (about 20 s); cached under %s", gguf.name, directory)
+        with _silence_transformers():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return model, tok, {"source": str(gguf), "size": gguf.stat().st_size}
+
+    return load_or_build(directory, build)
 
 
 # ---------------------------------------------------------------- hub and local directories
@@ -235,7 +207,8 @@ def available_models() -> list[dict]:
                 status = f"missing package ({SMOLLM2_INSTALL})"
         else:
             status = "available (trained on first use)"
-        cached = any(p.name == "COMPLETE" for p in directory.rglob("COMPLETE")) if directory.exists() else False
+        cached = any(inspect_cache(p, hashes=False).usable for p in cache_entries()
+                     if p == directory or p.parent == directory)
         rows.append({"name": name, "status": status, "cached": cached, "cache_dir": str(directory)})
     return rows
 

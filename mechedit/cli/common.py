@@ -8,6 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
+from mechedit.cache import CacheError
 from mechedit.facts import FactError
 from mechedit.models import ModelNotAvailable
 
@@ -18,9 +19,9 @@ err_console = Console(stderr=True)
 
 @contextlib.contextmanager
 def user_errors():
-    """Print FactError / ModelNotAvailable / ValueError as one red line and exit with status 2."""
+    """Print FactError / ModelNotAvailable / CacheError / ValueError as one red line and exit with status 2."""
     try:
         yield
-    except (FactError, ModelNotAvailable, ValueError, FileNotFoundError) as exc:
+    except (FactError, ModelNotAvailable, CacheError, ValueError, FileNotFoundError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None

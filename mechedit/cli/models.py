@@ -13,8 +13,23 @@ from mechedit.cli.common import console, user_errors
 
 
 @app.command()
-def models() -> None:
+def models(
+    verify: bool = typer.Option(False, "--verify", help="check every cache against its record (hashes included)"),
+    clear: str | None = typer.Option(None, "--clear", metavar="NAME",
+                                     help="remove one cache (a name from --verify, or a group such as factworld)"),
+) -> None:
     """List the bundled models, whether they can be loaded here and whether they are cached."""
+    with user_errors():
+        if clear is not None:
+            from mechedit.cache import cache_entries, clear_cache, dir_bytes, entry_name
+
+            sizes = {p: (entry_name(p), dir_bytes(p)) for p in cache_entries()}
+            for p in clear_cache(clear):
+                name, size = sizes[p]
+                console.print(f"removed {name} ({size / 2**20:.1f} MB, {p})")
+            return
+        if verify:
+            raise typer.Exit(_verify_table())
     from mechedit.models import available_models
 
     table = Table(title="bundled models")
@@ -24,6 +39,35 @@ def models() -> None:
         table.add_row(row["name"], row["status"], "yes" if row["cached"] else "no", row["cache_dir"])
     console.print(table)
     console.print("Any local Hugging Face directory or hub name (with network) also works as MODEL.")
+
+
+def _verify_table() -> int:
+    """Print one row per cache (OK or its problems); return 1 if any cache is corrupt, else 0."""
+    from mechedit.cache import cache_dir, cache_entries, dir_bytes, entry_name, inspect_cache
+
+    table = Table(title=f"caches in {cache_dir()}")
+    for col in ("name", "size", "state", "detail"):
+        table.add_column(col)
+    failed = 0
+    entries = cache_entries()
+    for p in entries:
+        status = inspect_cache(p, hashes=True)
+        record = status.record or {}
+        if status.state == "ok":
+            versions = record.get("versions", {})
+            state, detail = "[green]OK[/]", (f"sizes and sha256 match; built {record.get('built', '?')} with torch "
+                                            f"{versions.get('torch', '?')}, transformers "
+                                            f"{versions.get('transformers', '?')}")
+        elif status.state == "unrecorded":
+            state, detail = "[yellow]OK, unrecorded[/]", "written before records; recorded on its next load"
+        elif status.state == "aside":
+            state, detail = "[dim]moved aside[/]", "; ".join(status.problems)
+        else:
+            failed = 1
+            state, detail = "[red]problem[/]", "; ".join(status.problems) + " (rebuilt on its next load)"
+        table.add_row(entry_name(p), f"{dir_bytes(p) / 2**20:.1f} MB", state, detail)
+    console.print(table if entries else f"no caches in {cache_dir()}")
+    return failed
 
 
 def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limit: int | None = None):
