@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/probes.py
 	$(BIN)/python bench/patching.py
 	$(BIN)/python bench/finetune.py
+	$(BIN)/python bench/cache.py
 
 clean:
 	rm -rf $(VENV)

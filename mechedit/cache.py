@@ -252,8 +252,17 @@ def nonfinite_parameters(model) -> list[str]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+    """``Type: first line`` of an exception, followed by its root cause when it was raised from another."""
+
+    def line(e: BaseException) -> str:
+        text = (str(e).strip().splitlines() or [""])[0]
+        return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+    root, seen = exc, {id(exc)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        root = nxt
+        seen.add(id(root))
+    return line(exc) if root is exc else f"{line(exc)}, caused by {line(root)}"
 
 
 def _clear_hint(directory: Path) -> str:
