@@ -293,6 +293,8 @@ def _try_load(directory: Path):
             tok = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
         full = inspect_cache(directory, hashes=True)
+        if full.state == "absent" or full.record != status.record:  # replaced by another process meanwhile
+            return None, None
         if not full.usable:
             return None, full
         raise CacheError(f"could not load the cache {directory} ({_one_line(exc)}); its files match their "
@@ -300,6 +302,8 @@ def _try_load(directory: Path):
     bad = nonfinite_parameters(model)
     if bad:
         full = inspect_cache(directory, hashes=True)
+        if full.state == "absent":
+            return None, None
         if full.state == "unrecorded":
             full.state, full.problems = "corrupt", [f"non-finite weights in {bad[0]}"]
         if not full.usable:
