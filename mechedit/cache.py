@@ -288,7 +288,7 @@ def _try_load(directory: Path):
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
@@ -337,7 +337,7 @@ def _record_legacy(directory: Path, status: CacheStatus) -> None:
         lock.release()
 
 
-def _quiet_transformers():
+def quiet_transformers():
     """Context that hides transformers' progress bars and advisory warnings during loads."""
     from transformers.utils import logging as hf_logging
 

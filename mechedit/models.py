@@ -7,7 +7,6 @@ is a local Hugging Face directory or a hub name; hub names fail fast when the hu
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mechedit.cache import cache_dir, cache_entries, inspect_cache, load_or_build
+from mechedit.cache import cache_dir, cache_entries, inspect_cache, load_or_build, quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +55,6 @@ def model_info(model) -> ModelInfo:
     return info
 
 
-def _silence_transformers():
-    """Context that hides transformers' progress bars and advisory warnings during loads."""
-    from transformers.utils import logging as hf_logging
-
-    @contextlib.contextmanager
-    def ctx():
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            yield
-        finally:
-            hf_logging.set_verbosity(level)
-            hf_logging.enable_progress_bar()
-
-    return ctx()
-
-
 def wrap_hf(hf_model, tokenizer, name: str, prepend_bos: bool):
     """Wrap an already loaded HF causal LM and tokenizer in a TransformerBridge (no hub access)."""
     from transformer_lens.model_bridge import TransformerBridge
@@ -81,7 +62,7 @@ def wrap_hf(hf_model, tokenizer, name: str, prepend_bos: bool):
     hf_model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    with _silence_transformers():
+    with quiet_transformers():
         bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
     bridge.eval()
     bridge._mechedit_info = ModelInfo(
@@ -117,7 +98,7 @@ def load_smollm2_hf():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         log.warning("dequantizing %s once (about 20 s); cached under %s", gguf.name, directory)
-        with _silence_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model.hf_quantizer = None
@@ -154,7 +135,7 @@ def _load_hf_name(name: str):
     """Load a local HF directory or a hub name (local cache first; fail fast when offline)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _silence_transformers():
+    with quiet_transformers():
         if Path(name).expanduser().is_dir():
             path = Path(name).expanduser()
             return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
