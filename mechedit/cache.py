@@ -458,6 +458,9 @@ def clear_cache(name: str) -> list[Path]:
     if not clean or not targets:
         raise ValueError(f"no cache named '{name}' under {root}; known: {', '.join(names) or 'none'}")
     for p in targets:
+        if _ASIDE in p.name:  # no process builds or loads a moved-aside copy
+            shutil.rmtree(p)
+            continue
         with cache_lock(p):
             shutil.rmtree(p)
     return targets

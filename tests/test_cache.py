@@ -292,7 +292,7 @@ def test_two_first_loads_of_smollm2_on_an_empty_cache_both_succeed(root):
     check_one_build(root, root / "smollm2-135m", outs, "dequantizing")
 
 
-def test_models_verify_and_clear(root):
+def test_models_verify_and_clear(root, monkeypatch):
     from mechedit.cli import app
 
     load_or_build(root / "tiny", TinyBuilder())
@@ -310,6 +310,18 @@ def test_models_verify_and_clear(root):
     assert res.exit_code == 1
     assert "problem" in res.output and "sha256" in res.output and res.output.count("OK") == 1
     assert weights.read_bytes() == bytes(raw)  # --verify only reports
+
+    limit = cache.HASH_ON_LOAD_MAX_BYTES
+    monkeypatch.setattr(cache, "HASH_ON_LOAD_MAX_BYTES", 0)  # as for SmolLM2: the flip goes unnoticed at load...
+    load_or_build(root / "tiny", TinyBuilder())
+    assert not asides(root)
+    monkeypatch.setattr(cache, "HASH_ON_LOAD_MAX_BYTES", limit)  # ...but not where every load hashes (factworld)
+    load_or_build(root / "tiny", TinyBuilder())
+    (aside,) = asides(root)
+    res = runner.invoke(app, ["models", "--verify"])
+    assert res.exit_code == 0 and "moved aside" in res.output and aside.name in res.output
+    res = runner.invoke(app, ["models", "--clear", aside.name])
+    assert res.exit_code == 0 and not asides(root)
 
     res = runner.invoke(app, ["models", "--clear", "nope"])
     assert res.exit_code == 2 and "no cache named 'nope'" in res.output
