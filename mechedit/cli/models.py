@@ -18,7 +18,7 @@ def models(
     clear: str | None = typer.Option(None, "--clear", metavar="NAME",
                                      help="remove one cache (a name from --verify, or a group such as factworld)"),
 ) -> None:
-    """List the bundled models, whether they can be loaded here and whether they are cached."""
+    """List the bundled models, whether they can be loaded here and whether they are cached; check or remove caches."""
     with user_errors():
         if clear is not None:
             from mechedit.cache import cache_entries, clear_cache, dir_bytes, entry_name
@@ -64,7 +64,8 @@ def _verify_table() -> int:
             state, detail = "[dim]moved aside[/]", "; ".join(status.problems)
         else:
             failed = 1
-            state, detail = "[red]problem[/]", "; ".join(status.problems) + " (rebuilt on its next load)"
+            state, detail = "[red]problem[/]", (f"{'; '.join(status.problems)} (`mechedit models --clear "
+                                                f"{entry_name(p)}` removes it; the next use rebuilds it)")
         table.add_row(entry_name(p), f"{dir_bytes(p) / 2**20:.1f} MB", state, detail)
     console.print(table if entries else f"no caches in {cache_dir()}")
     return failed
