@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mechedit.facts import FactError, FactSet, load_facts
+from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
 
 BUDGET_SOURCES = ("probe", "path")  # the fact-lookup localizations that define the parameter budget
 BUDGETED = ("causal-tracing", "attribution", "random")  # ranking-based methods cut to that budget
@@ -105,6 +105,7 @@ def _latent_max(metrics: dict) -> float | None:
 def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run the comparison; returns the summary dict (also written to ``out_dir`` when given)."""
     from mechedit.edit import EditConfig, edit
+    from mechedit.edit.marking import checked_facts
     from mechedit.evaluate import RelearnConfig, evaluate
     from mechedit.localize import get_localizer
     from mechedit.models import load_model
@@ -112,7 +113,7 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
     t_start = time.time()
     base = load_model(settings.model)  # never modified: localization and the reference for verification
     work = load_model(settings.model)  # edited and reverted for every run
-    facts = load_facts(settings.facts).validated(base.tokenizer, on_collision="drop")
+    facts = checked_facts(base, load_facts(settings.facts), settings.facts in BUNDLED_FACTSETS)
     if settings.relation is not None:  # filter first: scoring a whole large fact set is the slow part
         facts = pick_relation(facts, settings.relation)
     known = facts.known_by(base)

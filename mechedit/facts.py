@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections import Counter
@@ -35,8 +36,20 @@ class Fact:
     relation: str = ""
     question: str | None = None  # MCQ question template with "{subject}" (default: the prompt)
     suggested_target: str | None = None  # the new answer to use if this fact is picked for an edit
+    origin: str = field(default="", compare=False, repr=False)  # "file:line" it was read from, for messages
+    explicit_candidates: bool = field(default=False, compare=False, repr=False)  # candidates given by the user
 
     def __post_init__(self):
+        for name in ("subject", "prompt", "answer"):
+            if not isinstance(getattr(self, name), str):
+                raise FactError(f"field '{name}' must be text, got {type(getattr(self, name)).__name__}")
+        for name in ("target", "question", "suggested_target"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise FactError(f"field '{name}' must be text or empty, got {type(getattr(self, name)).__name__}")
+        for name in ("candidates", "paraphrases", "neighborhood"):
+            bad = [v for v in getattr(self, name) if not isinstance(v, str)]
+            if bad:
+                raise FactError(f"field '{name}' must hold text only, got {type(bad[0]).__name__} {bad[0]!r}")
         if "{subject}" not in self.prompt:
             raise FactError(f"prompt {self.prompt!r} for subject {self.subject!r} has no '{{subject}}'")
         for p in self.paraphrases:
@@ -244,12 +257,32 @@ def fill_candidates(facts: list[Fact], max_candidates: int = 16) -> list[Fact]:
 
 # ---------------------------------------------------------------------- loaders
 
+CSV_COLUMNS = ("subject", "prompt", "answer", "target", "forget", "candidates", "paraphrases", "relation")
+TRUE_WORDS = ("1", "1.0", "true", "yes", "y", "t")
+FALSE_WORDS = ("", "0", "0.0", "false", "no", "n", "f")
 
-def _split_list(value: str | None) -> tuple[str, ...]:
+
+def parse_flag(value: str | None, where: str) -> bool:
+    """A forget cell: 1/0, true/false, yes/no, y/n, t/f, 1.0/0.0 (any case) or empty; anything else is an error."""
+    v = (value or "").strip().lower()
+    if v in TRUE_WORDS:
+        return True
+    if v in FALSE_WORDS:
+        return False
+    raise FactError(f"{where}: forget value {value!r} is not one of 1/0, true/false, yes/no, y/n")
+
+
+def _split_list(value: str | None, where: str = "", column: str = "list") -> tuple[str, ...]:
     """A '|'-separated cell, or a JSON list (written when an item itself contains '|')."""
     value = (value or "").strip()
     if value.startswith("["):
-        return tuple(str(v) for v in json.loads(value))
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise FactError(f"{where}: {column} cell starts with '[' but is not a JSON list ({exc.msg})") from None
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise FactError(f"{where}: {column} cell must be a JSON list of strings")
+        return tuple(items)
     return tuple(v.strip() for v in value.split("|") if v.strip())
 
 
@@ -258,63 +291,150 @@ def _join_list(items: Sequence[str]) -> str:
     return json.dumps(list(items)) if any("|" in i for i in items) else "|".join(items)
 
 
+def _read_text(path: Path) -> str:
+    """A user file as text (UTF-8, optional BOM); a non-UTF-8 byte is an error naming file and line."""
+    if path.is_dir():
+        raise FactError(f"{path}: is a directory, expected a fact file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise FactError(f"{path}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the file as UTF-8") from None
+
+
+def _check_duplicates(facts: list[Fact], path: Path) -> tuple[list[Fact], list[str]]:
+    """Drop exact repeats (noted); refuse the same subject and prompt with different answers or marks."""
+    seen: dict[tuple[str, str], Fact] = {}
+    kept, notes = [], []
+    for f in facts:
+        key = (f.subject, f.prompt)
+        if key in seen:
+            first = seen[key]
+            if (first.answer, first.target, first.forget) != (f.answer, f.target, f.forget):
+                raise FactError(f"{f.origin}: subject {f.subject!r} with this prompt is already at {first.origin} "
+                                f"with answer {first.answer!r} (here {f.answer!r}"
+                                f"{', other marks' if first.answer == f.answer else ''}); keep one row")
+            notes.append(f"{f.origin}: repeats {first.origin}; kept once")
+            continue
+        seen[key] = f
+        kept.append(f)
+    return kept, notes
+
+
 def load_csv(path: str | Path, name: str | None = None) -> FactSet:
-    """Load the user CSV format (GUIDE §2): subject, prompt, answer[, target, forget, candidates, ...]."""
+    """Load the user CSV format: subject, prompt, answer[, target, forget, candidates, paraphrases, relation].
+
+    Header names are case-insensitive; a UTF-8 BOM is accepted; every problem is an error naming file:line.
+    """
     path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in ("subject", "prompt", "answer") if c not in header]
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise FactError(f"{path}: empty file (expected a header with {', '.join(CSV_COLUMNS[:3])})")
+        cols = [h.strip().lower() for h in header]
+        unknown = [h for h, c in zip(header, cols, strict=True) if c not in CSV_COLUMNS]
+        if unknown:
+            raise FactError(f"{path}:1: unknown column(s) {', '.join(repr(u) for u in unknown)}; expected "
+                            f"{', '.join(CSV_COLUMNS)} (subject, prompt, answer required)")
+        doubled = sorted({c for c in cols if cols.count(c) > 1})
+        if doubled:
+            raise FactError(f"{path}:1: column(s) {', '.join(doubled)} appear more than once")
+        missing = [c for c in CSV_COLUMNS[:3] if c not in cols]
         if missing:
-            raise FactError(f"{path}: missing required column(s) {missing}; found {header}")
+            raise FactError(f"{path}:1: missing required column(s) {', '.join(missing)}; found {header}")
         facts = []
-        for lineno, row in enumerate(reader, start=2):
+        for cells in reader:
+            lineno = reader.line_num
+            where = f"{path}:{lineno}"
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(cols):
+                raise FactError(f"{where}: {len(cells)} fields, but the header has {len(cols)} "
+                                f"(an unquoted comma, or a missing one?)")
+            row = dict(zip(cols, cells, strict=True))
             try:
+                target = row.get("target", "").strip() or None
+                answer = row["answer"].strip()
+                if target is not None and target.lower() == answer.lower():
+                    raise FactError(f"target {target!r} is the answer itself; give a different target or none")
+                candidates = _split_list(row.get("candidates"), where, "candidates")
+                if candidates and len({answer, target, *candidates} - {None}) < 2:
+                    raise FactError(f"candidates cell {row['candidates'].strip()!r} gives only one distinct answer "
+                                    f"({answer!r}); list at least two, separated by '|'")
                 facts.append(Fact(
-                    subject=row["subject"].strip(), prompt=row["prompt"].strip(), answer=row["answer"].strip(),
-                    target=(row.get("target") or "").strip() or None,
-                    forget=(row.get("forget") or "").strip() in ("1", "true", "True", "yes"),
-                    candidates=_split_list(row.get("candidates")),
-                    paraphrases=_split_list(row.get("paraphrases")),
-                    relation=(row.get("relation") or "").strip(),
+                    subject=row["subject"].strip(), prompt=row["prompt"].strip(), answer=answer, target=target,
+                    forget=parse_flag(row.get("forget"), where), candidates=candidates,
+                    paraphrases=_split_list(row.get("paraphrases"), where, "paraphrases"),
+                    relation=row.get("relation", "").strip(), origin=where, explicit_candidates=bool(candidates),
                 ))
             except FactError as exc:
-                raise FactError(f"{path}:{lineno}: {exc}") from None
+                msg = str(exc)
+                raise FactError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    except csv.Error as exc:
+        raise FactError(f"{path}:{reader.line_num}: malformed CSV ({exc}; an unbalanced quote?)") from None
     if not facts:
         raise FactError(f"{path}: no facts (the file has a header but no rows)")
-    return FactSet(fill_candidates(facts), name=name or path.stem)
+    facts, notes = _check_duplicates(facts, path)
+    return FactSet(fill_candidates(facts), name=name or path.stem, notes=notes)
 
 
 def load_counterfact(path: str | Path, name: str | None = None, with_targets: bool = False) -> FactSet:
-    """Load CounterFact JSONL; ``target_false`` becomes ``target`` only when ``with_targets`` is set."""
+    """Load CounterFact JSONL; ``target_false`` becomes ``target`` only when ``with_targets`` is set.
+
+    Every problem (invalid JSON, a line that is not an object, a missing or mistyped field) names file:line.
+    """
     path = Path(path)
     facts = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
             r = json.loads(line)
-            try:
-                f = Fact(
-                    subject=r["subject"], prompt=r["prompt"].replace("{}", "{subject}"), answer=r["target_true"],
-                    paraphrases=tuple(_as_template(p, r["subject"]) for p in r.get("paraphrase_prompts", [])),
-                    neighborhood=tuple(r.get("neighborhood_prompts", [])), relation=r["relation_id"],
-                    suggested_target=r.get("target_false"), question=None,
-                )
-            except (KeyError, FactError) as exc:
-                raise FactError(f"{path}:{lineno}: {exc}") from None
-            facts.append(f)
+        except json.JSONDecodeError as exc:
+            raise FactError(f"{where}: invalid JSON (column {exc.colno}: {exc.msg})") from None
+        if not isinstance(r, dict):
+            raise FactError(f"{where}: expected a JSON object, got a {type(r).__name__}")
+        missing = [k for k in ("subject", "prompt", "target_true", "relation_id") if k not in r]
+        if missing:
+            raise FactError(f"{where}: missing field(s) {', '.join(missing)}")
+        for key in ("paraphrase_prompts", "neighborhood_prompts"):
+            if not isinstance(r.get(key, []), list):
+                raise FactError(f"{where}: field '{key}' must be a list of strings, got {type(r[key]).__name__}")
+        try:
+            for key in ("subject", "prompt", "target_true", "target_false"):
+                if key in r and not isinstance(r[key], str):
+                    raise FactError(f"field '{key}' must be text, got {type(r[key]).__name__} {r[key]!r}")
+            if not isinstance(r["relation_id"], str | int):
+                raise FactError(f"field 'relation_id' must be text, got {type(r['relation_id']).__name__}")
+            f = Fact(
+                subject=r["subject"], prompt=r["prompt"].replace("{}", "{subject}"), answer=r["target_true"],
+                paraphrases=tuple(_as_template(p, r["subject"]) for p in r.get("paraphrase_prompts", [])),
+                neighborhood=tuple(r.get("neighborhood_prompts", [])), relation=str(r["relation_id"]),
+                suggested_target=r.get("target_false") or None, question=None, origin=where,
+            )
+        except (FactError, TypeError) as exc:
+            raise FactError(f"{where}: {exc}") from None
+        facts.append(f)
+    if not facts:
+        raise FactError(f"{path}: no facts (the file is empty)")
+    facts, notes = _check_duplicates(facts, path)
     facts = fill_candidates(facts)
     # each fact's own target_false is always a candidate (it may be outside the relation's pool)
     facts = [replace(f, candidates=tuple(dict.fromkeys(f.candidates + (f.suggested_target,))))
              if f.suggested_target else f for f in facts]
     if with_targets:
         facts = [replace(f, target=f.suggested_target) for f in facts]
-    return FactSet(facts, name=name or path.stem)
+    return FactSet(facts, name=name or path.stem, notes=notes)
 
 
 def _as_template(prompt: str, subject: str) -> str:
     """Turn a paraphrase with the subject written out into a template (last occurrence)."""
+    if not isinstance(prompt, str):
+        raise FactError(f"paraphrase {prompt!r} must be text")
     i = prompt.rfind(subject)
     if i < 0:
         raise FactError(f"paraphrase {prompt!r} does not contain subject {subject!r}")
@@ -350,8 +470,10 @@ def load_facts(spec: str | Path, seed: int = 0) -> FactSet:
     path = Path(spec_s)
     if not path.exists():
         raise FactError(f"fact set '{spec_s}' is neither a bundled set {BUNDLED_FACTSETS} nor an existing file")
-    if path.suffix == ".jsonl":
+    if path.is_dir():
+        raise FactError(f"{path}: is a directory, expected a .csv or .jsonl fact file")
+    if path.suffix.lower() == ".jsonl":
         return load_counterfact(path)
-    if path.suffix == ".csv":
+    if path.suffix.lower() == ".csv":
         return load_csv(path)
     raise FactError(f"{path}: unknown fact file type '{path.suffix}' (use .csv or CounterFact .jsonl)")

@@ -170,9 +170,32 @@ def load_model(name: str, *, seed: int = 0):
         return wrap_hf(hf_model, tok, name, prepend_bos=False)
     if not name or name.startswith("-"):
         raise ModelNotAvailable(f"unknown model '{name}'. Bundled: {', '.join(BUNDLED_MODELS)}")
+    saved = _saved_settings(name)
     hf_model, tok = _load_hf_name(name)
     prepend = bool(tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id])
-    return wrap_hf(hf_model, tok, name, prepend_bos=prepend)
+    return wrap_hf(hf_model, tok, name, prepend_bos=saved.get("prepend_bos", prepend))
+
+
+SETTINGS_KEY = "mechedit"  # key in a saved config.json holding the ModelInfo settings (save_hf writes it)
+
+
+def _saved_settings(name: str) -> dict:
+    """The mechedit settings stored in a local directory's config.json by ``save_hf`` ({} if none or not local)."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return {}
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelNotAvailable(f"{path} is a directory but has no config.json: not a Hugging Face model directory")
+    from mechedit.validate import read_json
+
+    data = read_json(config, "model config")
+    if not isinstance(data, dict):
+        raise ValueError(f"{config}: expected a JSON object, got {type(data).__name__}")
+    settings = data.get(SETTINGS_KEY, {})
+    if not isinstance(settings, dict) or not isinstance(settings.get("prepend_bos", False), bool):
+        raise ValueError(f"{config}: malformed '{SETTINGS_KEY}' settings {settings!r}")
+    return settings
 
 
 def available_models() -> list[dict]:
@@ -211,14 +234,29 @@ def hf_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {name.replace(_BRIDGE_INFIX, ""): p for name, p in hf_model_of(model).named_parameters()}
 
 
-def save_hf(model, directory: str | Path) -> None:
-    """Save a (possibly edited) bridged model as a plain HF checkpoint + tokenizer that ``load_model`` reads."""
+def save_hf(model, directory: str | Path, force: bool = False) -> None:
+    """Save a (possibly edited) bridged model as a plain HF checkpoint + tokenizer that ``load_model`` reads.
+
+    mechedit's own settings (``prepend_bos``, the model name) go into config.json under ``"mechedit"``, so the
+    reloaded directory scores exactly like the saved model. Written to a temporary directory renamed into place;
+    an existing ``directory`` is replaced only with ``force``.
+    """
+    from mechedit.validate import atomic_dir
+
+    directory = Path(directory)
+    if directory.exists() and not force:
+        raise FileExistsError(f"{directory} already exists; pass force=True to replace it")
     hf = hf_model_of(model)
     state = {k: v.detach().clone() for k, v in hf_parameters(model).items()}
     if getattr(hf.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    hf.save_pretrained(directory, state_dict=state)
-    model.tokenizer.save_pretrained(directory)
+    info = model_info(model)
+    with atomic_dir(directory, replace=force) as tmp:
+        hf.save_pretrained(tmp, state_dict=state)
+        model.tokenizer.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        config[SETTINGS_KEY] = {"prepend_bos": info.prepend_bos, "name": info.name}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def fingerprint(model) -> str:

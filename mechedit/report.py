@@ -115,7 +115,10 @@ def build_report(run_dir: str | Path) -> str:
     path = run_dir / "summary.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: RUN_DIR must be a directory written by `mechedit compare`")
-    summary = json.loads(path.read_text())
+    from mechedit.validate import read_json, require_keys
+
+    summary = read_json(path, "comparison summary")
+    require_keys(summary, ("settings", "methods", "runs", "fact_pool", "elapsed_seconds"), str(path))
     sections: list[tuple[str, go.Figure]] = localization_figures(run_dir, summary)
     sections.append(("Method comparison", comparison_figure(summary)))
     for key, x_key, title, xl, yl in (
@@ -158,6 +161,6 @@ def build_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html and return its path."""
-    out = Path(run_dir) / "report.html"
-    out.write_text(build_report(run_dir))
-    return out
+    from mechedit.validate import atomic_write_text
+
+    return atomic_write_text(Path(run_dir) / "report.html", build_report(run_dir))

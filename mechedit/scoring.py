@@ -96,8 +96,16 @@ class ChoiceScores:
     target_correct: np.ndarray  # argmax is the target (False where no target)
     target_prob: np.ndarray  # renormalized probability of the target (nan where no target)
 
+    @property
+    def n_nonfinite(self) -> int:
+        """Items whose candidate logits were not finite (scored as wrong, probability NaN)."""
+        return int(np.isnan(self.answer_prob).sum())
+
     def mean(self, name: str) -> float | None:
-        """Mean of a field, or None when there are no items (e.g. no paraphrases)."""
+        """Mean of a field; None when there are no items (e.g. no paraphrases) or any item's logits were not
+        finite (a NaN model has no accuracy: argmax over NaNs would pick index 0, the true answer)."""
+        if self.n_nonfinite:
+            return None
         values = getattr(self, name)
         values = values[~np.isnan(values)] if values.dtype.kind == "f" else values
         return float(values.mean()) if len(values) else None
@@ -126,7 +134,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
 def score_items(model, items: Sequence[ChoiceItem], batch_size: int = 64, progress: bool = False) -> ChoiceScores:
     """Score items in batches (sorted by token length, capped in padded tokens); renormalize over candidates."""
     n = len(items)
-    correct, prob = np.zeros(n, bool), np.zeros(n)
+    correct, prob = np.zeros(n, bool), np.full(n, np.nan)
     t_correct, t_prob = np.zeros(n, bool), np.full(n, np.nan)
     lengths = [len(ids) for ids in model.tokenizer([it.text for it in items], add_special_tokens=False).input_ids]
     chunks = length_batches(lengths, batch_size)
@@ -134,7 +142,10 @@ def score_items(model, items: Sequence[ChoiceItem], batch_size: int = 64, progre
         logits = last_logits(model, encode_items(model, [items[k] for k in chunk]))
         for row, k in enumerate(chunk):
             it = items[k]
-            p = torch.softmax(logits[row, it.candidate_ids].float(), -1)
+            cand = logits[row, it.candidate_ids].float()
+            if not bool(torch.isfinite(cand).all()):
+                continue  # never "correct": wrong, probability NaN (see ChoiceScores.n_nonfinite)
+            p = torch.softmax(cand, -1)
             top = int(p.argmax())
             correct[k], prob[k] = top == it.answer_idx, float(p[it.answer_idx])
             if it.target_idx is not None:
@@ -154,8 +165,21 @@ def known_facts(model, facts: FactSet, threshold: float = 0.0, fmt: PromptFormat
                 batch_size: int = 64, progress: bool = True) -> FactSet:
     """Facts whose true answer is the model's forced choice with renormalized probability ≥ threshold."""
     s = score_facts(model, facts, fmt=fmt, batch_size=batch_size, progress=progress)
+    require_finite(s, f"'{facts.name}'")
     keep = [f for f, ok, p in zip(facts, s.answer_correct, s.answer_prob, strict=True) if ok and p >= threshold]
     out = facts.subset(keep, f"{facts.name}:known")
     if not keep:
         raise FactError(f"the model knows none of the {len(facts)} facts in '{facts.name}' ({fmt} prompts)")
     return out
+
+
+class NonFiniteError(ValueError):
+    """Raised when a model's logits are NaN or infinite, so no forced-choice answer can be read off."""
+
+
+def require_finite(scores: ChoiceScores, what: str) -> None:
+    """Raise NonFiniteError when any scored item had non-finite logits (corrupted or diverged weights)."""
+    if scores.n_nonfinite:
+        raise NonFiniteError(f"the model produced NaN/inf logits on {scores.n_nonfinite} of "
+                             f"{len(scores.answer_prob)} prompts of {what}; its weights are not finite "
+                             f"(a corrupted checkpoint or a diverged edit), so nothing can be scored")

@@ -62,8 +62,8 @@ def test_missing_smollm2_package_names_install_command(monkeypatch):
 def test_local_directory_loads_through_the_same_path(tmp_path, factworld):
     from mechedit.models import save_hf
 
-    save_hf(factworld, tmp_path)
-    again = load_model(str(tmp_path))
+    save_hf(factworld, tmp_path / "saved")
+    again = load_model(str(tmp_path / "saved"))
     assert fingerprint(again) == fingerprint(factworld)
     ids = factworld.tokenizer("Kalo Mirat plays the sport of", return_tensors="pt").input_ids
     with torch.no_grad():

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import console, user_errors
+from mechedit.cli.common import FORCE_HELP, console, read_facts, user_errors
 
 
 def summary_table(summary: dict) -> Table:
@@ -28,16 +28,39 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
-def run_and_report(settings, out: Path) -> None:
-    """Run compare, print the table, write the report, print where it is and how long it took."""
+def check_settings(settings, out: Path, force: bool) -> None:
+    """Refuse bad compare/demo settings and an unwritable or existing --out before any model is loaded."""
+    from mechedit.edit.objectives import OBJECTIVES
+    from mechedit.localize import METHODS
+    from mechedit.validate import check_count, check_output
+
+    if not settings.methods:
+        raise ValueError("--methods is empty; give at least one of " + ", ".join(METHODS))
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if settings.objective not in OBJECTIVES:
+        raise ValueError(f"--objective: unknown objective {settings.objective!r}; choose from {', '.join(OBJECTIVES)}")
+    for option, value in (("--n-facts", settings.n_facts), ("--seeds", settings.seeds),
+                          ("--max-maintain", settings.max_maintain), ("--steps", settings.steps),
+                          ("--relearn-steps", settings.relearn_steps)):
+        check_count(option, value)
+    check_output(out, "--out", force, kind="dir")
+    read_facts(settings.facts)
+
+
+def run_and_report(settings, out: Path, force: bool = False) -> None:
+    """Run compare into a temporary directory, write the report, then move it to ``out``; print table and time."""
     from mechedit.compare import compare
     from mechedit.report import write_report
+    from mechedit.validate import atomic_dir
 
     t0 = time.time()
-    summary = compare(settings, out)
+    with atomic_dir(out, replace=force) as tmp:
+        summary = compare(settings, tmp)
+        write_report(tmp)
     console.print(summary_table(summary))
-    report = write_report(out)
-    console.print(f"report → {report}")
+    console.print(f"report → {out / 'report.html'}")
     console.print(f"elapsed {time.time() - t0:.0f} s")
 
 
@@ -56,6 +79,7 @@ def compare(
     max_maintain: int = typer.Option(64, "--max-maintain", help="maintain facts per run (seeded sample)"),
     diagnostics: bool = typer.Option(False, "--diagnostics/--no-diagnostics", help="PCA/CKA/Fisher per layer"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Localize with each method (baselines cut to the fact-lookup budget), edit identically, verify, compare."""
     from mechedit.compare import CompareSettings
@@ -66,13 +90,25 @@ def compare(
                                    objective=objective, n_facts=n_facts, seeds=seeds, relation=relation, steps=steps,
                                    relearn=relearn, relearn_steps=relearn_steps, max_maintain=max_maintain,
                                    diagnostics=diagnostics)
-        run_and_report(settings, out)
+        check_settings(settings, out, force)
+        run_and_report(settings, out, force)
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a directory written by mechedit compare")) -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="a directory written by mechedit compare"),
+    force: bool = typer.Option(False, "--force", help="replace an existing RUN_DIR/report.html"),
+) -> None:
     """Write RUN_DIR/report.html: one self-contained page with every figure of a comparison."""
     from mechedit.report import write_report
+    from mechedit.validate import check_output
 
     with user_errors():
-        console.print(f"report → {write_report(run_dir)}")
+        if not run_dir.is_dir():
+            raise ValueError(f"{run_dir}: not a directory written by `mechedit compare`")
+        check_output(run_dir / "report.html", "report", force)
+        try:
+            path = write_report(run_dir)
+        except (TypeError, AttributeError, IndexError) as exc:
+            raise ValueError(f"{run_dir / 'summary.json'}: malformed comparison summary ({exc})") from None
+        console.print(f"report → {path}")

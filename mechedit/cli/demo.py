@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mechedit.cli import app
-from mechedit.cli.common import user_errors
+from mechedit.cli.common import FORCE_HELP, user_errors
 
 # small enough to finish in a few minutes on 2 CPU cores; `mechedit compare` takes every knob
 DEMO = {
@@ -23,12 +23,15 @@ DEMO = {
 def demo(
     model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m (a few minutes) or factworld (~1 min)"),
     out: Path = typer.Option(Path("runs/demo"), "--out"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Compare fact-lookup localization with baselines on a bundled model: table, report, elapsed time."""
-    from mechedit.cli.compare import run_and_report
+    from mechedit.cli.compare import check_settings, run_and_report
     from mechedit.compare import CompareSettings
 
     with user_errors():
         if model not in DEMO:
             raise ValueError(f"demo runs on {', '.join(DEMO)}; use `mechedit compare` for other models")
-        run_and_report(CompareSettings(model=model, **DEMO[model]), out)
+        settings = CompareSettings(model=model, **DEMO[model])
+        check_settings(settings, out, force)
+        run_and_report(settings, out, force)

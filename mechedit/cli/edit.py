@@ -10,7 +10,16 @@ import typer
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import console, user_errors
+from mechedit.cli.common import (
+    FORCE_HELP,
+    check_localization_fits,
+    console,
+    is_bundled,
+    print_notes,
+    read_facts,
+    read_localization,
+    user_errors,
+)
 from mechedit.edit.marking import marked_facts
 from mechedit.edit.objectives import OBJECTIVES
 
@@ -32,26 +41,39 @@ def edit(
     n_forget: int = typer.Option(16, "--n-forget", help="facts to mark when FACTS has no target/forget column"),
     known_only: bool = typer.Option(True, "--known-only/--all-facts", help="mark only facts the model knows"),
     seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Edit (or unlearn) FACTS in MODEL by training only the localized components; write the revertible delta."""
     from mechedit.edit import EditConfig, EditError
     from mechedit.edit import edit as run_edit
-    from mechedit.localize.localization import Localization
     from mechedit.models import load_model
-    from mechedit.scoring import score_facts
+    from mechedit.scoring import require_finite, score_facts
+    from mechedit.validate import atomic_dir, check_count, check_input_file, check_output, check_rate
 
     with user_errors():
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+        check_count("--steps", steps)
+        check_count("--n-forget", n_forget)
+        check_rate("--lr", lr)
+        check_rate("--cf", cf, allow_zero=True)
+        if fluency_text not in (None, "auto", "facts", "bundled"):
+            check_input_file(Path(fluency_text), "--fluency-text")
+        check_output(out, "--out", force, kind="dir")
+        loc = read_localization(localization, "--localization")
+        fs = read_facts(facts)
         t0 = time.time()
-        loc = Localization.load(localization)
         m = load_model(model)
-        fs = marked_facts(m, facts, objective, n_forget, seed, known_only)
+        check_localization_fits(loc, m, localization, "--localization")
+        fs = marked_facts(m, fs, objective, n_forget, seed, known_only, bundled=is_bundled(facts))
+        print_notes(fs)
         overrides = {k: v for k, v in {"steps": steps, "lr": lr, "c_f": cf, "fluency_text": fluency_text}.items()
                      if v is not None}
         cfg = replace(EditConfig(seed=seed), **overrides)
         forget, maintain = fs.forget_set(), fs.maintain_set().sample(N_MAINTAIN_SCORED, seed)
         before_f, before_m = score_facts(m, forget), score_facts(m, maintain)
+        require_finite(before_f, "the facts to change")
+        require_finite(before_m, "the maintain facts")
         try:
             result = run_edit(m, fs, loc, objective, cfg)
         except EditError as exc:  # one red line, like every other user-facing error
@@ -60,21 +82,26 @@ def edit(
         result.extra["changed_facts"] = [  # provenance, independent of the CSV round trip
             {"subject": f.subject, "prompt": f.prompt, "answer": f.answer, "target": f.target, "forget": f.forget}
             for f in forget]
-        result.save(out)
-        fs.to_csv(out / FACTS_FILE)
+        with atomic_dir(out, replace=force) as tmp:
+            result.save(tmp)
+            fs.to_csv(tmp / FACTS_FILE)
 
         table = Table(title=f"{objective} on {len(forget)} facts of {fs.name}, {loc.method} localization ({model})")
         for col in ("metric", "before", "after"):
             table.add_column(col, justify="left" if col == "metric" else "right")
-        table.add_row("forget: true-answer accuracy", f"{before_f.mean('answer_correct'):.3f}",
-                      f"{after_f.mean('answer_correct'):.3f}")
+        table.add_row("forget: true-answer accuracy", _fmt(before_f.mean("answer_correct")),
+                      _fmt(after_f.mean("answer_correct")))
         if any(f.target for f in forget):
-            table.add_row("forget: target accuracy", f"{before_f.mean('target_correct'):.3f}",
-                          f"{after_f.mean('target_correct'):.3f}")
-        table.add_row(f"maintain accuracy ({len(maintain)} facts)", f"{before_m.mean('answer_correct'):.3f}",
-                      f"{after_m.mean('answer_correct'):.3f}")
+            table.add_row("forget: target accuracy", _fmt(before_f.mean("target_correct")),
+                          _fmt(after_f.mean("target_correct")))
+        table.add_row(f"maintain accuracy ({len(maintain)} facts)", _fmt(before_m.mean("answer_correct")),
+                      _fmt(after_m.mean("answer_correct")))
         console.print(table)
         last = result.final_losses()
         terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "forget", "retain", "fluency") if k in last)
         console.print(f"{result.n_params_trained:,} parameters trained in {cfg.steps} steps; final {terms}")
         console.print(f"edit → {out} (facts → {out / FACTS_FILE}); {time.time() - t0:.1f} s")
+
+
+def _fmt(v: float | None) -> str:
+    return "null (non-finite logits)" if v is None else f"{v:.3f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -10,9 +11,10 @@ import typer
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import console, user_errors
+from mechedit.cli.common import FORCE_HELP, console, read_facts, user_errors
 
 EDIT_FACTS_FILE = "facts.csv"  # written by `mechedit edit` next to the delta
+PLOT_NAMES = ("relearning", "latent", "diagnostics")  # figures of mechedit.plots.verification
 
 
 def transfer_marks(facts, marked):
@@ -29,20 +31,59 @@ def transfer_marks(facts, marked):
     return facts.subset(out)
 
 
-def facts_for(model, facts_spec: str, edit_dir: Path | None, objective: str, n_forget: int, seed: int,
-              known_only: bool):
-    """The marked facts to evaluate: FACTS' own marks, else the edit's facts.csv marks, else a seeded sample."""
-    from mechedit.edit.marking import marked_facts
-    from mechedit.facts import load_csv, load_facts
+def _mark_set(facts) -> set[tuple]:
+    """The changed facts as comparable tuples (subject, prompt, answer, target, forget)."""
+    return {(f["subject"], f["prompt"], f["answer"], f.get("target") or None, bool(f.get("forget")))
+            if isinstance(f, dict) else (f.subject, f.prompt, f.answer, f.target, bool(f.forget)) for f in facts}
 
-    fs = load_facts(facts_spec).validated(model.tokenizer, on_collision="drop")
-    if any(f.changes for f in fs):
-        return fs, "marked in FACTS"
-    if edit_dir is not None and (edit_dir / EDIT_FACTS_FILE).is_file():
-        marked = load_csv(edit_dir / EDIT_FACTS_FILE, name=fs.name)
-        return transfer_marks(fs, marked), f"marks from {edit_dir / EDIT_FACTS_FILE}"
-    return marked_facts(model, facts_spec, objective, n_forget, seed, known_only), \
-        f"{n_forget} facts sampled with seed {seed}"
+
+def _describe(diff: set[tuple]) -> str:
+    s, _, a, t, fg = sorted(diff)[0]
+    return f"{s!r} ({a} → {t if t else 'forget' if fg else 'unchanged'})"
+
+
+def facts_for(model, facts_spec: str, edit_dir: Path | None, objective: str, n_forget: int, seed: int,
+              known_only: bool, recorded: list | None = None, override: bool = False, fs=None):
+    """The marked facts to evaluate and where their marks come from.
+
+    With an edit: the facts the edit recorded (``recorded``, its edit.json ``changed_facts``), carried onto FACTS
+    when FACTS holds them; FACTS' own marks must equal them unless ``override``. Without an edit: FACTS' marks,
+    else a seeded sample of known facts.
+    """
+    from mechedit.cli.common import is_bundled
+    from mechedit.edit.marking import checked_facts, marked_facts
+    from mechedit.facts import FactError, load_csv, load_facts
+
+    bundled = is_bundled(facts_spec)
+    fs = checked_facts(model, fs if fs is not None else load_facts(facts_spec), bundled)
+    own_marks = any(f.changes for f in fs)
+    if edit_dir is None:
+        if own_marks:
+            return fs, "marked in FACTS"
+        return marked_facts(model, fs, objective, n_forget, seed, known_only, bundled=bundled), \
+            f"{n_forget} facts sampled with seed {seed}"
+    facts_file = edit_dir / EDIT_FACTS_FILE
+    marked = checked_facts(model, load_csv(facts_file, name=fs.name), False) if facts_file.is_file() else None
+    if recorded is None and marked is None:
+        raise FactError(f"{edit_dir}: records no changed facts (edit.json has no changed_facts and there is no "
+                        f"{EDIT_FACTS_FILE}); cannot tell which facts the edit changed")
+    want = _mark_set(recorded) if recorded is not None else _mark_set(marked.forget_set() if marked else [])
+    if marked is not None and recorded is not None and _mark_set(marked.forget_set()) != want:
+        raise FactError(f"{facts_file}: its marks differ from the changed_facts recorded in "
+                        f"{edit_dir / 'edit.json'} (e.g. {_describe(_mark_set(marked.forget_set()) ^ want)}); "
+                        f"the edit directory was modified")
+    if own_marks:
+        have = _mark_set(fs.forget_set())
+        if have != want:
+            if not override:
+                raise FactError(f"{facts_spec}: its marks differ from the facts the edit changed "
+                                f"(e.g. {_describe(have ^ want)}); drop FACTS' target/forget marks to score the "
+                                f"edit's facts, or pass --facts-override to score FACTS' marks anyway")
+            return fs, "marked in FACTS (--facts-override: NOT the facts the edit changed)"
+        return fs, "marked in FACTS (equal to the edit's changed facts)"
+    if marked is None:
+        raise FactError(f"{edit_dir}: has no {EDIT_FACTS_FILE}; give FACTS with the edit's marks")
+    return transfer_marks(fs, marked), f"marks from {facts_file}"
 
 
 def _fmt(v) -> str:
@@ -69,28 +110,53 @@ def evaluate(
     n_forget: int = typer.Option(16, "--n-forget", help="facts to mark when neither FACTS nor the edit marks any"),
     known_only: bool = typer.Option(True, "--known-only/--all-facts", help="sample only facts the model knows"),
     plots: bool = typer.Option(False, "--plots", help="also write verification figures (HTML) next to --out"),
+    facts_override: bool = typer.Option(False, "--facts-override",
+                                        help="score FACTS' own marks even when they differ from the edit's facts"),
     seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Verify an edit: is the fact gone, or only hidden? Writes metrics.json (GUIDE §3 keys + curves)."""
+    """Verify an edit: is the fact gone, or only hidden? Writes metrics.json (nothing if anything fails)."""
     from mechedit.edit import EditError, EditResult
     from mechedit.evaluate import RelearnConfig
     from mechedit.evaluate import evaluate as run_evaluate
     from mechedit.models import load_model
+    from mechedit.validate import check_count, check_output, check_rate, staged_files
 
     with user_errors():
+        check_count("--relearn-steps", relearn_steps)
+        check_rate("--relearn-lr", relearn_lr)
+        check_count("--max-maintain", max_maintain)
+        check_count("--n-forget", n_forget)
+        check_output(out, "--out", force)
+        figure_paths = {name: out.with_name(f"{out.stem}_{name}.html") for name in PLOT_NAMES} if plots else {}
+        for p in figure_paths.values():
+            check_output(p, "--plots", force)
+        result = EditResult.load(edit) if edit is not None else None
+        fs0 = read_facts(facts)
         t0 = time.time()
         m = load_model(model)
         try:
-            result = EditResult.load(edit) if edit is not None else None
+            if result is not None:
+                result._state(m)  # refuses a model that is neither the edit's base nor carries it
             fs, source = facts_for(m, facts, edit, result.objective if result else "edit", n_forget, seed,
-                                   known_only)
+                                   known_only, recorded=result.extra.get("changed_facts") if result else None,
+                                   override=facts_override, fs=fs0)
             ev = run_evaluate(m, fs, edit=result, seed=seed, relearn=relearn,
                               relearn_config=RelearnConfig(steps=relearn_steps, lr=relearn_lr), latent=latent,
                               diagnostics=diagnostics, max_maintain=max_maintain)
         except EditError as exc:  # one red line, like every other user-facing error
             raise ValueError(str(exc)) from None
         ev.meta["facts_source"] = source
-        ev.save(out)
+        ev.meta["facts_override"] = facts_override and "--facts-override" in source
+        figures = {}
+        if plots:
+            from mechedit.plots.verification import verification_figures
+
+            figures = verification_figures(ev)
+        with staged_files() as st:
+            st.write_text(out, json.dumps(ev.to_dict(), indent=1))
+            for name, fig in figures.items():
+                fig.write_html(st.stage(figure_paths[name]), include_plotlyjs=True)
         metrics = ev.metrics
         table = Table(title=f"verification of {'the edit in ' + str(edit) if edit else model} on "
                             f"{ev.behaviour.n_forget} facts of {fs.name}")
@@ -107,14 +173,10 @@ def evaluate(
             table.add_row("latent probe best (true answer)", _fmt(ev.latent.best("original_true")),
                           _fmt(ev.latent.best("original_before")))
         console.print(table)
+        console.print(f"facts: {source}")
         console.print(f"[bold]verdict: {metrics['verdict']}[/]")
         for reason in (ev.verdict.reasons if ev.verdict else []):
             console.print(f"  {reason}")
-        if plots:
-            from mechedit.plots.verification import verification_figures
-
-            for name, fig in verification_figures(ev).items():
-                path = out.with_name(f"{out.stem}_{name}.html")
-                fig.write_html(path, include_plotlyjs=True)
-                console.print(f"figure → {path}")
+        for name in figures:
+            console.print(f"figure → {figure_paths[name]}")
         console.print(f"metrics → {out}; {time.time() - t0:.1f} s")

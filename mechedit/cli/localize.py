@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,20 +10,51 @@ import typer
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import console, user_errors
+from mechedit.cli.common import (
+    FORCE_HELP,
+    check_localization_fits,
+    console,
+    is_bundled,
+    print_notes,
+    read_facts,
+    read_localization,
+    user_errors,
+)
 from mechedit.localize import METHODS
 
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 
-def save_figure(fig, path: Path) -> None:
-    """Write a plotly figure as self-contained HTML (.html) or as an image (.png/.svg/.pdf, needs kaleido+Chrome)."""
+
+def check_plot_path(path: Path, force: bool) -> None:
+    """A figure path must end in .html (or an image suffix, with kaleido installed) and be writable."""
+    import importlib.util
+
+    from mechedit.validate import check_output
+
+    suffix = path.suffix.lower()
+    if suffix not in (".html", *IMAGE_SUFFIXES):
+        raise ValueError(f"--plot {path}: unknown figure type {path.suffix or '(none)'!r}; use .html, or "
+                         f"{', '.join(IMAGE_SUFFIXES)} with kaleido")
+    if suffix != ".html" and importlib.util.find_spec("kaleido") is None:
+        raise ValueError(f"--plot {path}: writing {suffix} needs kaleido and chromium (`pip install kaleido`, "
+                         f"`apt-get install chromium`); write .html instead")
+    check_output(path, "--plot", force)
+
+
+def save_figure(fig, path: Path, dest: Path | None = None) -> None:
+    """Write a plotly figure as self-contained HTML (.html) or as an image (.png/.svg/.pdf, needs kaleido+Chrome).
+
+    ``path`` is where the bytes go; ``dest`` (default ``path``) is the final name, whose suffix picks the format.
+    """
+    dest = dest or path
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".html":
+    if dest.suffix.lower() == ".html":
         fig.write_html(path, include_plotlyjs=True)
         return
     try:
-        fig.write_image(path)
+        fig.write_image(path, format=dest.suffix.lower().lstrip("."))
     except Exception as exc:  # kaleido missing, or no Chrome for kaleido 1.x
-        raise ValueError(f"cannot write {path} ({exc}); write .html instead, or install kaleido and chromium "
+        raise ValueError(f"cannot write {dest} ({exc}); write .html instead, or install kaleido and chromium "
                          f"(`pip install kaleido`, `apt-get install chromium`)") from None
 
 
@@ -48,26 +80,42 @@ def localize(
     known_only: bool = typer.Option(True, "--known-only/--all-facts", help="keep only facts the model knows"),
     n_facts: int | None = typer.Option(None, "--n-facts", help="use a seeded sample of this many facts"),
     seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Localize where MODEL stores FACTS and write loc.json (contract: GUIDE §3)."""
-    from mechedit.facts import load_facts
+    """Localize where MODEL stores FACTS and write loc.json (and figures); nothing is written if anything fails."""
+    from mechedit.edit.marking import checked_facts
     from mechedit.localize import localize as run_localizer
-    from mechedit.localize.localization import Localization
-    from mechedit.models import load_model
+    from mechedit.models import fingerprint, load_model
+    from mechedit.validate import check_count, check_distinct, check_output, staged_files
 
     with user_errors():
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        check_count("--n-facts", n_facts)
+        check_output(out, "--out", force)
+        for p in plot:
+            check_plot_path(p, force)
+        check_distinct({"--out": out, **{f"--plot {p}": p for p in plot},
+                        **({"--budget-from": budget_from} if budget_from else {})})
+        budget_loc = read_localization(budget_from, "--budget-from") if budget_from else None
+        fs = read_facts(facts)
         t0 = time.time()
         m = load_model(model)
-        fs = load_facts(facts).validated(m.tokenizer, on_collision="drop")
+        if budget_loc is not None:
+            check_localization_fits(budget_loc, m, budget_from, "--budget-from")
+        fs = checked_facts(m, fs, is_bundled(facts))
+        print_notes(fs)
         if known_only:
             fs = fs.known_by(m)
         if n_facts:
             fs = fs.sample(n_facts, seed=seed)
-        budget = Localization.load(budget_from).n_params if budget_from else None
-        loc = run_localizer(m, fs, method, seed=seed, budget=budget)
-        loc.save(out)
+        loc = run_localizer(m, fs, method, seed=seed, budget=budget_loc.n_params if budget_loc else None)
+        loc.extra.setdefault("model_fingerprint", fingerprint(m))
+        figures = [(p, plot_for(loc)) for p in plot]
+        with staged_files() as st:
+            st.write_text(out, json.dumps(loc.to_dict(), indent=2))
+            for p, fig in figures:
+                save_figure(fig, st.stage(p), dest=p)
         table = Table(title=f"{method} localization of {len(fs)} facts on {model}")
         table.add_column("component")
         table.add_column("score", justify="right")
@@ -76,6 +124,5 @@ def localize(
         console.print(table)
         console.print(f"{len(loc.components)} components, {loc.n_params:,} parameters → {out}")
         for p in plot:
-            save_figure(plot_for(loc), p)
             console.print(f"plot → {p}")
         console.print(f"[dim]{time.time() - t0:.1f} s[/]")

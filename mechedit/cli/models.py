@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import console, user_errors
+from mechedit.cli.common import FORCE_HELP, console, is_bundled, print_notes, read_facts, user_errors
 
 
 @app.command()
@@ -71,17 +71,22 @@ def _verify_table() -> int:
     return failed
 
 
-def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limit: int | None = None):
-    """Load a model and a fact set; return (all facts, known facts, rich table per relation)."""
-    from mechedit.facts import load_facts
-    from mechedit.models import load_model
-    from mechedit.scoring import score_facts
+FORMATS = ("prompt", "chat", "paraphrase", "mcq", "mcq-letter")
 
+
+def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limit: int | None = None, fs=None):
+    """Load a model and a fact set; return (all facts, known facts, rich table per relation)."""
+    from mechedit.edit.marking import checked_facts
+    from mechedit.models import load_model
+    from mechedit.scoring import require_finite, score_facts
+
+    fs = fs if fs is not None else read_facts(facts_spec)
     model = load_model(model_name)
-    facts = load_facts(facts_spec).validated(model.tokenizer, on_collision="drop")
+    facts = checked_facts(model, fs, is_bundled(facts_spec))
     if limit:
         facts = facts.sample(limit, seed=0)
     scores = score_facts(model, facts, fmt=fmt, progress=True)
+    require_finite(scores, f"'{facts.name}'")
     known = facts.subset([f for f, ok in zip(facts, scores.answer_correct, strict=True) if ok], f"{facts.name}:known")
     table = Table(title=f"{model_name} on {facts.name} ({fmt} prompts, forced choice)")
     for col in ("relation", "facts", "known", "share", "mean p(true)"):
@@ -103,19 +108,26 @@ def facts(
     facts: str = typer.Argument(..., help="a CSV/JSONL path or a bundled set: sports, counterfact, factworld"),
     known_only: bool = typer.Option(False, "--known-only", help="write only the facts the model knows"),
     out: Path | None = typer.Option(None, "--out", help="write the facts to this CSV"),
-    fmt: str = typer.Option("prompt", "--format", help="prompt, chat, paraphrase or mcq"),
+    fmt: str = typer.Option("prompt", "--format", help="prompt, chat, paraphrase, mcq or mcq-letter"),
     limit: int | None = typer.Option(None, "--limit", help="score a seeded sample of this many facts"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """How many facts MODEL knows (forced choice over candidates), per relation."""
+    from mechedit.validate import check_count, check_output, staged_files
+
     with user_errors():
+        if fmt not in FORMATS:
+            raise ValueError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+        check_count("--limit", limit)
+        if out is not None:
+            check_output(out, "--out", force)
+        fs = read_facts(facts)
         t0 = time.time()
-        all_facts, known, table = known_fact_table(model, facts, fmt, limit)
+        all_facts, known, table = known_fact_table(model, facts, fmt, limit, fs=fs)
         console.print(table)
-        for note in all_facts.notes[:5]:
-            console.print(f"[dim]{note}[/]")
-        if len(all_facts.notes) > 5:
-            console.print(f"[dim]... and {len(all_facts.notes) - 5} more dropped facts[/]")
+        print_notes(all_facts, limit=5)
         if out:
-            (known if known_only else all_facts).to_csv(out)
+            with staged_files() as st:
+                (known if known_only else all_facts).to_csv(st.stage(out))
             console.print(f"wrote {out}")
         console.print(f"[dim]{time.time() - t0:.1f} s[/]")

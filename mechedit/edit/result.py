@@ -147,20 +147,42 @@ class EditResult:
         from safetensors.torch import load_file
 
         directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: no such edit directory")
         if not (directory / META_FILE).is_file() or not (directory / TENSORS_FILE).is_file():
             raise FileNotFoundError(f"{directory} is not an edit directory (needs {META_FILE} and {TENSORS_FILE})")
-        meta = json.loads((directory / META_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise EditError(f"{directory}: unsupported edit format version {meta.get('format_version')!r}")
-        tensors = load_file(str(directory / TENSORS_FILE))
-        shapes = {k: tuple(v) for k, v in meta["shapes"].items()}
-        result = cls(
-            objective=meta["objective"], config=EditConfig.from_dict(meta["config"]),
-            localization=Localization.from_dict(meta["localization"]), base_fingerprint=meta["base_fingerprint"],
-            edited_fingerprint=meta["edited_fingerprint"], n_params_trained=int(meta["n_params_trained"]),
-            log=meta["log"], old={n: tensors[f"old/{n}"] for n in shapes}, new={n: tensors[f"new/{n}"] for n in shapes},
-            index={n: tensors.get(f"index/{n}") for n in shapes}, shapes=shapes, extra=meta.get("extra", {}),
-        )
+        from mechedit.validate import read_json, require_keys
+
+        meta_path = directory / META_FILE
+        meta = read_json(meta_path, "edit metadata")
+        if isinstance(meta, dict) and meta.get("format_version") != FORMAT_VERSION:
+            raise EditError(f"{meta_path}: unsupported edit format version {meta.get('format_version')!r}")
+        require_keys(meta, ("objective", "config", "localization", "base_fingerprint", "edited_fingerprint",
+                            "n_params_trained", "shapes", "log"), str(meta_path))
+        try:
+            tensors = load_file(str(directory / TENSORS_FILE))
+        except Exception as exc:  # safetensors raises its own error type (or OSError) for a truncated file
+            raise EditError(f"{directory / TENSORS_FILE}: unreadable ({' '.join(str(exc).split())})") from None
+        try:
+            shapes = {k: tuple(int(x) for x in v) for k, v in meta["shapes"].items()}
+            missing = [f"{kind}/{n}" for n in shapes for kind in ("old", "new") if f"{kind}/{n}" not in tensors]
+            if missing:
+                raise EditError(f"{directory / TENSORS_FILE}: lacks tensor(s) {', '.join(missing[:3])}")
+            result = cls(
+                objective=meta["objective"], config=EditConfig.from_dict(meta["config"]),
+                localization=Localization.from_dict(meta["localization"]), base_fingerprint=meta["base_fingerprint"],
+                edited_fingerprint=meta["edited_fingerprint"], n_params_trained=int(meta["n_params_trained"]),
+                log=meta["log"], old={n: tensors[f"old/{n}"] for n in shapes},
+                new={n: tensors[f"new/{n}"] for n in shapes},
+                index={n: tensors.get(f"index/{n}") for n in shapes}, shapes=shapes, extra=meta.get("extra", {}),
+            )
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise EditError(f"{meta_path}: malformed edit metadata ({exc})") from None
+        for n in shapes:
+            idx = result.index[n]
+            expect = shapes[n] if idx is None else tuple(idx.shape)
+            if tuple(result.old[n].shape) != expect or tuple(result.new[n].shape) != expect:
+                raise EditError(f"{directory / TENSORS_FILE}: tensor {n} does not match the shape in {META_FILE}")
         if model is not None:
             result._state(model)
         return result

@@ -84,10 +84,9 @@ class Evaluation:
 
     def save(self, path: str | Path) -> Path:
         """Write metrics.json."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        from mechedit.validate import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:

@@ -72,21 +72,34 @@ class Localization:
         )
 
     def save(self, path: str | Path) -> None:
-        """Write loc.json."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """Write loc.json (atomically: a temporary file renamed into place)."""
+        from mechedit.validate import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> Localization:
-        """Read loc.json."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read loc.json; a malformed file is a ValueError naming it (and the line, for invalid JSON)."""
+        from mechedit.validate import read_json
+
+        d = read_json(path, "localization JSON")
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a localization JSON object, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a valid localization ({exc})") from None
 
 
 def make_localization(model, method: str, components: Sequence[Component], scores: dict[str, float] | None = None,
                       **kw) -> Localization:
     """Build a Localization, counting the chosen components' parameters on ``model``."""
+    from mechedit.models import fingerprint
+
     comps = list(dict.fromkeys(components))
-    return Localization(method, comps, dict(scores or {}), n_params(model, comps), **kw)
+    loc = Localization(method, comps, dict(scores or {}), n_params(model, comps), **kw)
+    loc.extra.setdefault("model_fingerprint", fingerprint(model))  # lets a reader refuse it for another model
+    return loc
 
 
 def cut_to_budget(model, ranked: Sequence[Component], budget: int) -> list[Component]:
