@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mechedit demo
+	$(BIN)/mechedit demo --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

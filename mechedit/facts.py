@@ -159,6 +159,8 @@ class FactSet:
 
     def sample(self, n: int, seed: int) -> FactSet:
         """A seeded sample of ``n`` facts (all of them if fewer)."""
+        if n < 1:
+            raise FactError(f"cannot sample {n} facts; need at least 1")
         return self.subset(self.shuffled(seed).facts[:n])
 
     def mark_forget(self, n: int, seed: int, with_targets: bool = True) -> FactSet:

@@ -569,6 +569,21 @@ def test_interrupt_prints_nothing_written_and_exits_130(tmp_path, shared, monkey
     assert snapshot(tmp_path) == before
 
 
+def test_unwritable_output_directory_is_refused_before_work(tmp_path, monkeypatch):
+    """--out in a directory the user cannot write to: refused up front (simulated: the tests may run as root)."""
+    import mechedit.validate
+
+    real = mechedit.validate.os.access
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    monkeypatch.setattr(mechedit.validate.os, "access", lambda p, m: False if Path(p) == ro else real(p, m))
+    before = snapshot(tmp_path)
+    res = _run(["localize", FW, FW, "--out", str(ro / "sub" / "loc.json")])
+    assert res.exit_code == 2 and re.search(r"--out .*ro/sub/loc\.json: cannot write in .*ro \(permission denied\)",
+                                            res.output)
+    assert snapshot(tmp_path) == before
+
+
 def test_interrupt_inside_an_atomic_directory_leaves_nothing(tmp_path):
     """A KeyboardInterrupt while an output directory is being written removes the partial directory."""
     from mechedit.validate import atomic_dir

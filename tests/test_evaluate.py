@@ -193,7 +193,8 @@ def test_cli_evaluate_and_wrong_model(edit_facts, small_edit, tmp_path):
     meta = json.loads((edit_dir / "edit.json").read_text())
     meta["base_fingerprint"] = meta["edited_fingerprint"] = "0123456789abcdef"
     (edit_dir / "edit.json").write_text(json.dumps(meta))
-    res = runner.invoke(app, ["evaluate", "factworld", "factworld", "--edit", str(edit_dir), "--out", str(out)])
+    res = runner.invoke(app, ["evaluate", "factworld", "factworld", "--edit", str(edit_dir), "--out", str(out),
+                              "--force"])
     assert res.exit_code == 2 and "fingerprint" in res.output
 
 

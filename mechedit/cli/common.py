@@ -159,6 +159,7 @@ def print_notes(fs: FactSet, limit: int = 3) -> None:
         return
     for note in fs.notes[:limit]:
         console.print(f"[dim]{escape(note)}[/]")
-    if len(fs.notes) > limit:
-        console.print(f"[dim]... {len(fs.notes)} notes in all ({sum('dropped' in n for n in fs.notes)} facts "
-                      f"dropped)[/]")
+    dropped = sum(n.startswith("dropped") for n in fs.notes)
+    if len(fs.notes) > limit or dropped:
+        console.print(f"[dim]{len(fs.notes)} note(s); {dropped} fact(s) dropped because their candidates share a "
+                      f"first token[/]")

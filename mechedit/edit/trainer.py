@@ -11,10 +11,12 @@ training, restores the original weights before raising.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,8 @@ from mechedit.edit.teacher import replacement_subjects, teacher_distribution
 from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization
 from mechedit.models import fingerprint, hf_model_of
+
+log = logging.getLogger(__name__)
 
 REF_BATCH = 64
 
@@ -177,6 +181,23 @@ def _train(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConfig, 
     return log, times, state_bytes
 
 
+MAX_STEP_TOKENS = 1024  # padded tokens of forget + retain rows in one training step (bounds activation memory)
+
+
+def cap_step_tokens(cfg: EditConfig, data: EditData, max_tokens: int = MAX_STEP_TOKENS) -> EditConfig:
+    """Shrink forget/retain batch sizes (same ratio, recorded in the config) so one step pads at most
+    ``max_tokens`` tokens: long prompts would otherwise make a 64-row step allocate gigabytes of activations."""
+    width = max(len(r) for r in data.forget_rows + data.retain_rows)
+    f_rows, r_rows = min(cfg.forget_batch, len(data.forget_rows)), min(cfg.retain_batch, len(data.retain_rows))
+    if (f_rows + r_rows) * width <= max_tokens:
+        return cfg
+    scale = max_tokens / ((f_rows + r_rows) * width)
+    new = replace(cfg, forget_batch=max(1, int(f_rows * scale)), retain_batch=max(1, int(r_rows * scale)))
+    log.warning("prompts up to %d tokens: training batches cut to %d forget + %d retain rows (%d tokens per step)",
+                width, new.forget_batch, new.retain_batch, max_tokens)
+    return new
+
+
 def edit(
     model, facts: FactSet, localization: Localization, objective: str | Objective = "edit",
     config: EditConfig | None = None, *, progress: bool = True,
@@ -195,6 +216,7 @@ def edit(
     base_fp = fingerprint(model)
     use_fluency = cfg.fluency_weight > 0
     data = prepare(model, facts, cfg, obj.needs, use_fluency)
+    cfg = cap_step_tokens(cfg, data)
     refs = _Refs(model, data, obj, cfg, facts, progress)
     t_prefix = time.perf_counter()
     start = min(c.layer for c in localization.components)
