@@ -33,8 +33,10 @@ def transfer_marks(facts, marked):
 
 def _mark_set(facts) -> set[tuple]:
     """The changed facts as comparable tuples (subject, prompt, answer, target, forget)."""
-    return {(f["subject"], f["prompt"], f["answer"], f.get("target") or None, bool(f.get("forget")))
-            if isinstance(f, dict) else (f.subject, f.prompt, f.answer, f.target, bool(f.forget)) for f in facts}
+    rows = [(f["subject"], f["prompt"], f["answer"], f.get("target"), f.get("forget")) if isinstance(f, dict)
+            else (f.subject, f.prompt, f.answer, f.target, f.forget) for f in facts]
+    return {(str(s).strip(), str(p).strip(), str(a).strip(), str(t).strip() if t else None, bool(fg))
+            for s, p, a, t, fg in rows}
 
 
 def _describe(diff: set[tuple]) -> str:
@@ -63,6 +65,10 @@ def facts_for(model, facts_spec: str, edit_dir: Path | None, objective: str, n_f
         return marked_facts(model, fs, objective, n_forget, seed, known_only, bundled=bundled), \
             f"{n_forget} facts sampled with seed {seed}"
     facts_file = edit_dir / EDIT_FACTS_FILE
+    if recorded is not None and not (isinstance(recorded, list) and all(
+            isinstance(r, dict) and {"subject", "prompt", "answer"} <= r.keys() for r in recorded)):
+        raise FactError(f"{edit_dir / 'edit.json'}: malformed changed_facts (expected a list of objects with "
+                        f"subject, prompt, answer, target, forget)")
     marked = checked_facts(model, load_csv(facts_file, name=fs.name), False) if facts_file.is_file() else None
     if recorded is None and marked is None:
         raise FactError(f"{edit_dir}: records no changed facts (edit.json has no changed_facts and there is no "
