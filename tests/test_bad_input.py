@@ -250,6 +250,9 @@ CASES = [
     ("jsonl-paraphrase-without-subject", [put("f.jsonl", '{"subject": "A", "prompt": "{} is", "target_true": "x", '
                                                          '"relation_id": "P1", "paraphrase_prompts": ["B is"]}\n')],
      ["facts", FW, "{d}/f.jsonl"], r"f\.jsonl:1: paraphrase 'B is' does not contain subject 'A'"),
+    ("jsonl-relation-is-list", [put("f.jsonl", '{"subject": "A", "prompt": "{} is", "target_true": "x", '
+                                               '"relation_id": ["P1"]}\n')],
+     ["facts", FW, "{d}/f.jsonl"], r"f\.jsonl:1: field 'relation_id' must be text, got list"),
     # --- size limits
     ("size-100k-char-subject", [put("f.csv", _csv("X" * 100_000 + ",{subject} plays,golf",
                                                   header="subject,prompt,answer")), copy("loc.json")],
@@ -314,6 +317,9 @@ CASES = [
     ("env-max-tokens-small", [copy("base.csv")], ["facts", FW, "{d}/base.csv"],
      r"base\.csv:2: (subject|prompt) is \d+ tokens long; the limit is 4 \(MECHEDIT_MAX_PROMPT_TOKENS\)",
      {"MECHEDIT_MAX_PROMPT_TOKENS": "4"}),
+    ("usage-n-facts-not-int", [], ["localize", FW, FW, "--n-facts", "abc", "--out", "{d}/l.json"],
+     r"^Error: Invalid value for '--n-facts'"),
+    ("usage-missing-localization", [], ["edit", FW, FW, "--out", "{d}/ed"], r"^Error: Missing option '--localization'"),
     # --- outputs: existing, wrong kind, unwritable
     ("localize-out-exists", [put("loc.json", "{}")], ["localize", FW, FW, "--out", "{d}/loc.json"],
      r"--out .*loc\.json already exists; pass --force"),
@@ -426,7 +432,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, shared, ca
     out = res.output
     assert res.exit_code == 2, f"{name}: exit {res.exit_code}\n{out}\n{res.exception!r}"
     assert "Traceback" not in out
-    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    errors = [line for line in out.splitlines() if line.lower().startswith("error:")]  # ours, or click's usage
     assert len(errors) == 1, out
     assert re.search(pattern, errors[0]), f"{name}: {errors[0]!r} does not match {pattern!r}"
     assert snapshot(tmp_path) == before, f"{name}: files changed"

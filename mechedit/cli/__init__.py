@@ -10,7 +10,7 @@ import sys
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("(")[0] if __doc__ else None,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 
