@@ -642,3 +642,15 @@ def test_edit_api_refused_keeps_weights(fresh_factworld, sport_facts):
     with pytest.raises(ValueError, match="layer 99 out of range"):
         edit(m, sport_facts[:24].mark_forget(4, seed=0), loc, "edit")
     assert all(torch.equal(before[k], v) for k, v in hf_parameters(m).items())
+
+
+def test_edit_force_replaces_the_whole_directory(tmp_path, shared):
+    """edit --out onto an existing edit directory needs --force, and then replaces it whole (no stale files)."""
+    shutil.copytree(shared / "ed", tmp_path / "ed")
+    (tmp_path / "ed" / "stale.txt").write_text("from an older run")
+    res = _run(["edit", FW, str(shared / "base.csv"), "--localization", str(shared / "loc.json"), "--out",
+                str(tmp_path / "ed"), "--steps", "1", "--force"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "ed").iterdir()) == ["delta.safetensors", "edit.json", "facts.csv"]
+    assert json.loads((tmp_path / "ed" / "edit.json").read_text())["config"]["steps"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ed"]
