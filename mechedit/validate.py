@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,11 +197,6 @@ def atomic_dir(path: str | Path, replace: bool = True) -> Iterator[Path]:
             old.rmdir()
     else:
         os.replace(tmp, path)
-
-
-def write_json_atomic(path: str | Path, data, default: Callable | None = None, indent: int = 2) -> Path:
-    """``json.dumps`` then ``atomic_write_text``; refuses NaN so the file is valid JSON."""
-    return atomic_write_text(path, json.dumps(data, indent=indent, default=default, allow_nan=False))
 
 
 # ---------------------------------------------------------------------- reading user files

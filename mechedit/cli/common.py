@@ -42,7 +42,7 @@ def debugging() -> bool:
 
 def _expected() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input or environment (one line, exit 2), not a bug."""
-    kinds: list[type[BaseException]] = [FactError, ModelNotAvailable, ValueError, OSError, csv.Error, KeyError]
+    kinds: list[type[BaseException]] = [FactError, ModelNotAvailable, ValueError, OSError, csv.Error]
     with contextlib.suppress(ImportError):
         from safetensors import SafetensorError
 
@@ -58,8 +58,6 @@ def one_line(exc: BaseException) -> str:
     """A single-line message for an expected failure, naming the file where the exception knows it."""
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         msg = f"{exc.filename}: {exc.strerror}"
-    elif isinstance(exc, KeyError):
-        msg = f"missing key {exc.args[0]!r}" if exc.args else "missing key"
     elif isinstance(exc, json.JSONDecodeError):
         msg = f"invalid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
     else:

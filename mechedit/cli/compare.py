@@ -109,6 +109,6 @@ def report(
         check_output(run_dir / "report.html", "report", force)
         try:
             path = write_report(run_dir)
-        except (TypeError, AttributeError, IndexError) as exc:
+        except (TypeError, AttributeError, IndexError, KeyError) as exc:
             raise ValueError(f"{run_dir / 'summary.json'}: malformed comparison summary ({exc})") from None
         console.print(f"report → {path}")
