@@ -126,7 +126,7 @@ def evaluate(
     from mechedit.evaluate import RelearnConfig
     from mechedit.evaluate import evaluate as run_evaluate
     from mechedit.models import load_model
-    from mechedit.validate import check_count, check_output, check_rate, staged_files
+    from mechedit.validate import check_count, check_distinct, check_output, check_rate, staged_files
 
     with user_errors():
         check_count("--relearn-steps", relearn_steps)
@@ -137,6 +137,7 @@ def evaluate(
         figure_paths = {name: out.with_name(f"{out.stem}_{name}.html") for name in PLOT_NAMES} if plots else {}
         for p in figure_paths.values():
             check_output(p, "--plots", force)
+        check_distinct({"FACTS": Path(facts), "--out": out})
         result = EditResult.load(edit) if edit is not None else None
         fs0 = read_facts(facts)
         t0 = time.time()

@@ -95,7 +95,7 @@ def localize(
         check_output(out, "--out", force)
         for p in plot:
             check_plot_path(p, force)
-        check_distinct({"--out": out, **{f"--plot {p}": p for p in plot},
+        check_distinct({"FACTS": Path(facts), "--out": out, **{f"--plot {p}": p for p in plot},
                         **({"--budget-from": budget_from} if budget_from else {})})
         budget_loc = read_localization(budget_from, "--budget-from") if budget_from else None
         fs = read_facts(facts)
