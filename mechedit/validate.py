@@ -101,6 +101,12 @@ def _make_parents(path: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _remove_dirs(dirs: list[Path]) -> None:
     for d in reversed(dirs):
         with contextlib.suppress(OSError):
@@ -124,6 +130,7 @@ class StagedFiles:
         self.created_dirs += _make_parents(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give, not mkstemp's 0600
         self.staged.append((Path(tmp), path))
         return Path(tmp)
 
@@ -177,6 +184,7 @@ def atomic_dir(path: str | Path, replace: bool = True) -> Iterator[Path]:
     path = Path(path)
     created = _make_parents(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would, not mkdtemp's 0700
     try:
         yield tmp
     except BaseException:
