@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/patching.py
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/cache.py
+	$(BIN)/python bench/bad_input.py
 
 clean:
 	rm -rf $(VENV)
