@@ -658,3 +658,20 @@ def test_edit_force_replaces_the_whole_directory(tmp_path, shared):
     assert sorted(p.name for p in (tmp_path / "ed").iterdir()) == ["delta.safetensors", "edit.json", "facts.csv"]
     assert json.loads((tmp_path / "ed" / "edit.json").read_text())["config"]["steps"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ed"]
+
+
+def test_edit_api_refuses_a_target_with_the_answers_first_token(fresh_factworld, sport_facts):
+    """Through the Python API too: a target sharing the answer's first token (golf → golfer) is refused, and the
+    model is left bit-identical."""
+    from dataclasses import replace
+
+    from mechedit.edit import EditError, edit
+
+    m = fresh_factworld()
+    before = {k: v.clone() for k, v in hf_parameters(m).items()}
+    facts = sport_facts[:24]
+    k = next(i for i, f in enumerate(facts) if f.answer == "golf")
+    bad = facts.subset([replace(f, target="golfer") if i == k else f for i, f in enumerate(facts)])
+    with pytest.raises(EditError, match="'golfer' has the same first token as the answer 'golf'"):
+        edit(m, bad, make_localization(m, "manual", [MLP(1)]), "edit")
+    assert all(torch.equal(before[k], v) for k, v in hf_parameters(m).items())

@@ -96,6 +96,10 @@ def prepare(model, facts: FactSet, cfg: EditConfig, needs: frozenset[str], use_f
         random_ids = _random_wrong(tok, forget, cfg.seed) if "random" in needs else [-1] * len(forget)
     except FactError as exc:
         raise EditError(str(exc)) from None
+    same = [f for f, a, t in zip(forget, answer_ids, target_ids, strict=True) if a == t]
+    if same:  # training toward the answer's own first token would change nothing measurable
+        raise EditError(f"{same[0].origin or repr(same[0].subject)}: target {same[0].target!r} has the same first "
+                        f"token as the answer {same[0].answer!r}; give a target with a different first token")
     retain = maintain.sample(cfg.retain_pool, cfg.seed) if maintain is not None and "retain" in needs else None
     retain_list = list(retain) if retain is not None else []
     fl_texts, fl_source = ([], "none")
