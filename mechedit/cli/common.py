@@ -58,6 +58,9 @@ def one_line(exc: BaseException) -> str:
     """A single-line message for an expected failure, naming the file where the exception knows it."""
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         msg = f"{exc.filename}: {exc.strerror}"
+        cache = os.environ.get("MECHEDIT_CACHE")
+        if cache and Path(str(exc.filename)).expanduser() == Path(cache).expanduser():
+            msg = f"MECHEDIT_CACHE={exc.filename}: {exc.strerror} (it must be a writable directory)"
     elif isinstance(exc, json.JSONDecodeError):
         msg = f"invalid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
     else:
