@@ -42,7 +42,7 @@ def debugging() -> bool:
 
 def _expected() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input or environment (one line, exit 2), not a bug."""
-    kinds: list[type[BaseException]] = [FactError, ModelNotAvailable, ValueError, OSError, csv.Error]
+    kinds: list[type[BaseException]] = [FactError, ModelNotAvailable, CacheError, ValueError, OSError, csv.Error]
     with contextlib.suppress(ImportError):
         from safetensors import SafetensorError
 
