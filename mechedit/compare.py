@@ -4,13 +4,14 @@
 localize on the original model → edit a working copy with identical settings → full verification (behaviour,
 MCQ, paraphrases, relearning, latent probes, verdict) → revert the working copy bit-exactly. Ranking-based
 baselines are cut to the parameter budget of the fact-lookup localization (``probe``, else ``path``).
-Everything is written under ``out_dir`` (see ``write_run``) and summarized per method as mean ± spread.
+Everything is written under ``out_dir`` (see ``write_run``) and summarized per method as the mean, the sample SD
+of the per-seed means and a bootstrap 95 % interval over seeds × facts (``mechedit.stats``), plus a paired
+difference table: each method minus ``probe`` and minus ``nonlocalized`` on the same seeds and facts.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import platform
 import statistics
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
+from mechedit.stats import Interval, bootstrap_ci, paired_difference
 
 BUDGET_SOURCES = ("probe", "path")  # the fact-lookup localizations that define the parameter budget
 BUDGETED = ("causal-tracing", "attribution", "random")  # ranking-based methods cut to that budget
@@ -40,6 +42,7 @@ COLUMNS = (
     ("latent", "latent_probe_max"),
     ("fluency KL", "fluency_kl"),
 )
+PAIRED_REFERENCES = ("probe", "nonlocalized")  # the paired table: each method minus these, same seeds and facts
 
 
 @dataclass
@@ -146,7 +149,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
                 ev = evaluate(work, fs, original=base, seed=seed, relearn=settings.relearn, relearn_config=relearn_cfg,
                               latent=settings.latent, diagnostics=settings.diagnostics, progress=False,
                               n_shots=reference.get("n_shots"), original_behaviour=reference.get("behaviour"),
-                              latent_train=pool)  # latent probes, like the probe localizer, learn from the relation
+                              latent_train=pool,  # latent probes, like the probe localizer, learn from the relation
+                              retain_keys=result.extra["heldout"]["retain"])  # maintain scored on the held-out half
                 reference.setdefault("n_shots", ev.meta["mcq_shots"])
                 reference.setdefault("behaviour", ev.original_behaviour)
             finally:
@@ -164,24 +168,70 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
     return summary
 
 
+def run_values(metrics: dict, key: str) -> tuple[dict[str, float], str]:
+    """(unit id -> value, what the units are) of one column in one run: per fact (or per fluency text) when
+    the run kept them, else the run's single number (unit ``"run"``)."""
+    per_fact = ((metrics.get("behaviour") or {}).get("per_fact") or {}).get(key)
+    if per_fact:
+        return {k: float(v) for k, v in per_fact.items() if v is not None}, "facts"
+    if key == "fluency_kl" and (metrics.get("fluency") or {}).get("heldout_per_text"):
+        return {f"text{i}": float(v) for i, v in enumerate(metrics["fluency"]["heldout_per_text"])}, "texts"
+    v = metrics.get(key)
+    return ({"run": float(v)} if isinstance(v, int | float) and v == v else {}), "runs"
+
+
+def _column(runs: list[MethodRun], key: str) -> dict:
+    """Mean, sample SD of the per-seed means and bootstrap 95 % CI (seeds, then units within each) of a column."""
+    clusters, units = [], "runs"
+    for r in runs:
+        vals, units_r = run_values(r.metrics, key)
+        if vals:
+            clusters.append(list(vals.values()))
+            units = units_r if units_r != "runs" else units
+    iv = bootstrap_ci(clusters) if clusters else Interval(None, None, None, 0, 0, note="not measured")
+    return {**iv.to_dict(), "over": f"seeds × {units}" if units != "runs" else "seeds"}
+
+
+def _keyed(runs: list[MethodRun], key: str) -> dict[tuple, float]:
+    """(seed, unit id) -> value of one column over a method's runs, for pairing."""
+    out = {}
+    for r in runs:
+        vals, _ = run_values(r.metrics, key)
+        out.update({(r.seed, k): v for k, v in vals.items()})
+    return out
+
+
+def paired_table(runs: list[MethodRun], reference: str) -> dict[str, dict[str, dict]]:
+    """method -> column -> paired difference (method − ``reference``) on shared seeds and facts, with its CI."""
+    ref = [r for r in runs if r.method == reference]
+    out: dict[str, dict[str, dict]] = {}
+    for m in dict.fromkeys(r.method for r in runs):
+        if m == reference or not ref:
+            continue
+        mine = [r for r in runs if r.method == m]
+        out[m] = {key: paired_difference(_keyed(mine, key), _keyed(ref, key)).to_dict() for _, key in COLUMNS}
+    return out
+
+
 def _stats(values: list) -> dict:
-    vals = [v for v in values if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))]
+    vals = [float(v) for v in values if isinstance(v, int | float) and v == v]
     if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
 
 
 def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, n_known: int, pool: str) -> dict:
-    """Per-method mean ± spread of every summary column, verdict counts, and the provenance of the run."""
+    """Per-method mean, SD and CI of every summary column, paired differences, verdict counts and provenance."""
     methods: dict[str, dict] = {}
     for m in dict.fromkeys(r.method for r in runs):
         mine = [r for r in runs if r.method == m]
         verdicts = [r.metrics.get("verdict") for r in mine]
         methods[m] = {
-            "columns": {key: _stats([r.metrics.get(key) for r in mine]) for _, key in COLUMNS},
+            "columns": {key: _column(mine, key) for _, key in COLUMNS},
             "n_params": _stats([r.localization.get("n_params") for r in mine]),
             "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)},
         }
+    paired = {ref: paired_table(runs, ref) for ref in PAIRED_REFERENCES if ref in methods}
     return {
         "settings": asdict(settings),
         "command": " ".join(["mechedit"] + sys.argv[1:]) if sys.argv and "mechedit" in sys.argv[0] else None,
@@ -190,6 +240,7 @@ def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, 
         "fact_pool": pool,
         "versions": versions(),
         "methods": methods,
+        "paired": paired,
         "runs": [asdict(r) for r in runs],
     }
 
@@ -214,11 +265,12 @@ def write_run(out: Path, summary: dict) -> None:
     """Write summary.json, summary.csv and <method>/{loc.json, metrics.json} (seed 0 at top, all seeds inside)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    rows = ["method,verdicts,params," + ",".join(f"{k}_mean,{k}_std" for _, k in COLUMNS)]
+    rows = ["method,verdicts,params," + ",".join(f"{k}_mean,{k}_sd,{k}_ci_low,{k}_ci_high" for _, k in COLUMNS)]
     for m, s in summary["methods"].items():
         cells = [m, " ".join(f"{v}:{n}" for v, n in s["verdicts"].items()), _fmt_csv(s["n_params"]["mean"])]
         for _, key in COLUMNS:
-            cells += [_fmt_csv(s["columns"][key]["mean"]), _fmt_csv(s["columns"][key]["std"])]
+            c = s["columns"][key]
+            cells += [_fmt_csv(c["mean"]), _fmt_csv(c["sd"]), _fmt_csv(c["low"]), _fmt_csv(c["high"])]
         rows.append(",".join(cells))
     (out / "summary.csv").write_text("\n".join(rows) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
@@ -241,11 +293,30 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def format_cell(stat: dict) -> str:
-    """``mean ± std`` (or ``-`` when no seed produced the number)."""
+def format_cell(stat: dict, sd: bool = True) -> str:
+    """``mean ± SD [CI low, CI high]`` (SD and CI when they exist; ``-`` when no seed produced the number)."""
     if stat["mean"] is None:
         return "-"
-    return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat["n"] > 1 else "")
+    out = f"{stat['mean']:.2f}"
+    if sd and stat.get("sd") is not None:
+        out += f" ± {stat['sd']:.2f}"
+    if stat.get("low") is not None and stat.get("high") is not None:
+        out += f" [{stat['low']:.2f}, {stat['high']:.2f}]"
+    return out
+
+
+CELL_LEGEND = ("mean ± sample SD of the per-seed means [bootstrap 95 % CI over seeds × facts; over seeds only for "
+               "relearn and latent, one number per run; over held-out texts for fluency KL]")
+PAIRED_LEGEND = ("paired difference (method − reference) on the same seeds and facts: mean [bootstrap 95 % CI]; "
+                 "an interval that contains 0 shows no difference at this size")
+
+
+def paired_rows(summary: dict, reference: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted rows of the paired difference table against ``reference`` (empty if absent)."""
+    table = (summary.get("paired") or {}).get(reference) or {}
+    shown = [(h, k) for h, k in COLUMNS if any(c[k]["mean"] is not None for c in table.values())]
+    rows = [[method, *[format_cell(cols[k], sd=False) for _, k in shown]] for method, cols in table.items()]
+    return [f"method − {reference}", *[h for h, _ in shown]], rows
 
 
 def summary_title(summary: dict) -> str:
@@ -274,4 +345,14 @@ def summary_markdown(summary: dict) -> str:
     lines = [f"**{summary_title(summary)}** — elapsed {summary['elapsed_seconds']:.0f} s", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", f"Cells: {CELL_LEGEND}."]
+    for ref in PAIRED_REFERENCES:
+        headers, rows = paired_rows(summary, ref)
+        if not rows:
+            continue
+        lines += ["", f"**Paired differences against {ref}**", "",
+                  "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if summary.get("paired"):
+        lines += ["", f"Paired cells: {PAIRED_LEGEND}."]
     return "\n".join(lines) + "\n"

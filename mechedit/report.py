@@ -14,19 +14,22 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from mechedit.compare import COLUMNS, format_cell
+from mechedit.compare import CELL_LEGEND, COLUMNS, PAIRED_LEGEND, PAIRED_REFERENCES, format_cell, paired_rows
 from mechedit.localize.localization import Localization
 
 
 def comparison_figure(summary: dict) -> go.Figure:
-    """Grouped bars: one group per metric, one bar per method (mean over seeds, spread as error bars)."""
+    """Grouped bars: one group per metric, one bar per method (mean, bootstrap 95 % CI as error bars)."""
     fig = go.Figure()
     shown = [(h, k) for h, k in COLUMNS if k != "fluency_kl"
              and any(m["columns"][k]["mean"] is not None for m in summary["methods"].values())]
     for method, m in summary["methods"].items():
-        fig.add_bar(name=method, x=[h for h, _ in shown], y=[m["columns"][k]["mean"] for _, k in shown],
-                    error_y={"type": "data", "array": [m["columns"][k]["std"] or 0 for _, k in shown]})
-    fig.update_layout(barmode="group", title="Method comparison (mean ± spread over seeds)",
+        cols = [m["columns"][k] for _, k in shown]
+        fig.add_bar(name=method, x=[h for h, _ in shown], y=[c["mean"] for c in cols],
+                    error_y={"type": "data", "symmetric": False,
+                             "array": [c["high"] - c["mean"] if c.get("high") is not None else 0 for c in cols],
+                             "arrayminus": [c["mean"] - c["low"] if c.get("low") is not None else 0 for c in cols]})
+    fig.update_layout(barmode="group", title="Method comparison (mean, bootstrap 95 % CI over seeds × facts)",
                       yaxis={"title": "accuracy / error", "range": [0, 1.05]}, height=420)
     return fig
 
@@ -87,7 +90,22 @@ def summary_html(summary: dict) -> str:
         cells = [method, *[format_cell(m["columns"][k]) for _, k in cols], verdicts,
                  f"{params:,.0f}" if params else "-"]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table><p>{html.escape(CELL_LEGEND)}.</p>"
+
+
+def paired_html(summary: dict) -> str:
+    """The paired difference tables (each method minus probe / nonlocalized) as HTML ('' when there are none)."""
+    parts = []
+    for ref in PAIRED_REFERENCES:
+        headers, rows = paired_rows(summary, ref)
+        if not rows:
+            continue
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        parts.append(f"<h3>Against {html.escape(ref)}</h3><table><tr>{head}</tr>{body}</table>")
+    if parts:
+        parts.append(f"<p>{html.escape(PAIRED_LEGEND)}.</p>")
+    return "".join(parts)
 
 
 def localization_figures(run_dir: Path, summary: dict) -> list[tuple[str, go.Figure]]:
@@ -143,6 +161,7 @@ def build_report(run_dir: str | Path) -> str:
         f"{s['seeds']} seed(s), {summary['n_known_facts']} facts known by the model; "
         f"elapsed {summary['elapsed_seconds']:.0f} s.</p>",
         "<h2>Summary</h2>", summary_html(summary),
+        *(["<h2>Paired differences</h2>", paired_html(summary)] if paired_html(summary) else []),
         "<h2>Verdicts</h2>", verdict_table(summary),
     ]
     first = True

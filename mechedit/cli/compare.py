@@ -13,11 +13,11 @@ from mechedit.cli.common import FORCE_HELP, console, read_facts, user_errors
 
 
 def summary_table(summary: dict) -> Table:
-    """One row per method: mean ± spread over seeds of the headline metrics, verdicts and parameters."""
-    from mechedit.compare import summary_title, table_rows
+    """One row per method: mean ± SD [95 % CI] of the headline metrics, verdicts and parameters."""
+    from mechedit.compare import CELL_LEGEND, summary_title, table_rows
 
     headers, rows = table_rows(summary)
-    table = Table(title=summary_title(summary))
+    table = Table(title=summary_title(summary), caption=CELL_LEGEND)
     table.add_column(headers[0])
     for header in headers[1:-2]:
         table.add_column(header, justify="right")
@@ -26,6 +26,25 @@ def summary_table(summary: dict) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def paired_tables(summary: dict) -> list[Table]:
+    """One table per paired reference (probe, nonlocalized): each method's difference with its 95 % CI."""
+    from mechedit.compare import PAIRED_LEGEND, PAIRED_REFERENCES, paired_rows
+
+    tables = []
+    for ref in PAIRED_REFERENCES:
+        headers, rows = paired_rows(summary, ref)
+        if not rows:
+            continue
+        table = Table(title=f"paired differences against {ref}", caption=PAIRED_LEGEND)
+        table.add_column(headers[0])
+        for header in headers[1:]:
+            table.add_column(header, justify="right")
+        for row in rows:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
 
 
 def check_settings(settings, out: Path, force: bool) -> None:
@@ -60,6 +79,8 @@ def run_and_report(settings, out: Path, force: bool = False) -> None:
         summary = compare(settings, tmp)
         write_report(tmp)
     console.print(summary_table(summary))
+    for table in paired_tables(summary):
+        console.print(table)
     console.print(f"report → {out / 'report.html'}")
     console.print(f"elapsed {time.time() - t0:.0f} s")
 

@@ -1,5 +1,8 @@
 """Training data of an edit: tokenized forget prompts, a maintain pool and fluency texts, with answer ids.
 
+Only the retain half of the maintain facts and the training half of the fluency texts are used
+(``mechedit.edit.split``); the other halves are held out for ``evaluate``.
+
 Prompts are the facts' training prompts (plain format, ``Fact.render()``), tokenized as ``mechedit.tokens``
 does (no special tokens, BOS only if the model uses one); answers are scored at their first token after a
 leading space, the convention of ``mechedit.scoring``.
@@ -14,7 +17,8 @@ import torch
 from jaxtyping import Int
 
 from mechedit.edit.config import EditConfig, EditError
-from mechedit.edit.fluency import fluency_texts
+from mechedit.edit.fluency import fluency_split
+from mechedit.edit.split import MaintainSplit, split_maintain
 from mechedit.facts import FactError, FactSet
 from mechedit.models import model_info
 from mechedit.tokens import candidate_token_ids, first_token_id
@@ -35,6 +39,8 @@ class EditData:
     fluency_rows: list[list[int]]
     fluency_source: str
     pad_id: int
+    split: MaintainSplit | None = None  # retain half (the editor's) and held-out half of the maintain facts
+    n_fluency_heldout: int = 0  # fluency texts held out for evaluation
 
 
 def token_rows(model, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
@@ -100,11 +106,13 @@ def prepare(model, facts: FactSet, cfg: EditConfig, needs: frozenset[str], use_f
     if same:  # training toward the answer's own first token would change nothing measurable
         raise EditError(f"{same[0].origin or repr(same[0].subject)}: target {same[0].target!r} has the same first "
                         f"token as the answer {same[0].answer!r}; give a target with a different first token")
-    retain = maintain.sample(cfg.retain_pool, cfg.seed) if maintain is not None and "retain" in needs else None
+    split = split_maintain(maintain, cfg.seed, cfg.eval_fraction)
+    retain = (split.retain.sample(cfg.retain_pool, cfg.seed) if split.retain is not None and "retain" in needs
+              else None)
     retain_list = list(retain) if retain is not None else []
-    fl_texts, fl_source = ([], "none")
+    fl_texts, fl_held, fl_source = ([], [], "none")
     if use_fluency:
-        fl_texts, fl_source = fluency_texts(model, maintain, cfg.fluency_text, cfg.seed)
+        fl_texts, fl_held, fl_source = fluency_split(model, split, cfg.fluency_text, cfg.seed, cfg.eval_fraction)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     return EditData(
         forget=forget, forget_rows=token_rows(model, [f.render() for f in forget]),
@@ -112,5 +120,5 @@ def prepare(model, facts: FactSet, cfg: EditConfig, needs: frozenset[str], use_f
         retain=retain, retain_rows=token_rows(model, [f.render() for f in retain_list]) if retain_list else [],
         retain_answer_ids=torch.tensor([first_token_id(tok, f.answer) for f in retain_list], dtype=torch.long),
         fluency_rows=token_rows(model, fl_texts, cfg.fluency_max_tokens) if fl_texts else [],
-        fluency_source=fl_source, pad_id=pad,
+        fluency_source=fl_source, pad_id=pad, split=split, n_fluency_heldout=len(fl_held),
     )

@@ -4,6 +4,9 @@
 the right choice for the factworld model, whose whole language is its world. ``"bundled"``: the neutral
 everyday English in ``mechedit/data/fluency.txt`` (62 sentences written for mechedit, ~4.5 KB). ``"auto"``
 picks ``"facts"`` for factworld and ``"bundled"`` otherwise; any other value is a text file, one text a line.
+
+``fluency_split`` gives the editor and ``evaluate`` disjoint halves (``mechedit.edit.split``): sentences about
+the retain facts / about the held-out maintain facts, or a seeded half of the lines of a text file.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from mechedit.data import data_path
 from mechedit.edit.config import EditError
+from mechedit.edit.split import EVAL_FRACTION, MaintainSplit, split_texts
 from mechedit.facts import FactSet
 from mechedit.models import model_info
 
@@ -53,3 +57,20 @@ def fluency_texts(model, maintain: FactSet | None, source: str, seed: int) -> tu
     if source == "bundled":
         return read_texts(data_path(BUNDLED_FLUENCY)), f"bundled {BUNDLED_FLUENCY}"
     return read_texts(source), str(source)
+
+
+def fluency_split(model, split: MaintainSplit, source: str, seed: int, fraction: float = EVAL_FRACTION
+                  ) -> tuple[list[str], list[str], str]:
+    """(training texts for the editor, held-out texts for ``fluency_kl``, a description of the source)."""
+    if source == "auto":
+        source = "facts" if model_info(model).name == "factworld" else "bundled"
+    if source == "facts":
+        if split.retain is None and split.evaluation is None:
+            raise EditError("fluency_text='facts' needs maintain facts; the fact set has none")
+        train = fact_sentences(split.retain, seed) if split.retain is not None else []
+        held = fact_sentences(split.evaluation, seed) if split.evaluation is not None else []
+        return train, held, f"sentences about maintain facts ({len(train)} retain, {len(held)} held out)"
+    texts = read_texts(data_path(BUNDLED_FLUENCY)) if source == "bundled" else read_texts(source)
+    train, held = split_texts(texts, seed, fraction)
+    name = f"bundled {BUNDLED_FLUENCY}" if source == "bundled" else str(source)
+    return train, held, f"{name} ({len(train)} training, {len(held)} held-out lines)"

@@ -72,8 +72,8 @@ def _next_token_probs(model, pad_id: int) -> Callable[[list[str]], torch.Tensor]
 
 @torch.no_grad()
 def build_teacher(model, data: EditData, facts: FactSet, cfg: EditConfig, progress: bool) -> torch.Tensor:
-    """Causal-teacher distributions for the forget facts (replacements: maintain subjects first, then others)."""
-    maintain = [f.subject for f in facts if not f.changes]
+    """Causal-teacher distributions for the forget facts (replacements: retain subjects first, then others)."""
+    maintain = [f.subject for f in data.split.retain] if data.split is not None and data.split.retain else []
     forget_subjects = [f.subject for f in data.forget]
     probs = _next_token_probs(model, data.pad_id)
     rows = []
@@ -250,6 +250,9 @@ def edit(
             "n_forget": len(data.forget), "n_maintain": len(facts) - len(data.forget),
             "n_retain_pool": len(data.retain_rows), "fluency_source": data.fluency_source,
             "n_fluency_texts": len(data.fluency_rows),
+            "heldout": {"seed": cfg.seed, "fraction": cfg.eval_fraction, "retain": data.split.retain_keys,
+                        "n_evaluation": 0 if data.split.evaluation is None else len(data.split.evaluation),
+                        "n_fluency_heldout": data.n_fluency_heldout, "note": data.split.note},
         },
     )
 

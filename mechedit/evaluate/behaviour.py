@@ -3,6 +3,10 @@
 Every metric is an argmax accuracy over the fact's candidates' first tokens plus the mean probability
 renormalized over those candidates (``mechedit.scoring``). A metric with nothing to score (no paraphrases, no
 targets, no neighbourhood prompts) is ``None``, never 0.
+
+Maintain facts are split as the editor split them (``mechedit.edit.split``): ``maintain_*`` is measured on the
+held-out half only, ``maintain_*_train`` on the editor's retain half. ``per_fact`` keeps every fact's score
+(keyed by ``fact_key``) so that ``compare`` can bootstrap over facts and pair methods on the same facts.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from mechedit.edit.split import MaintainSplit, fact_key, maintain_of, split_maintain
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
 from mechedit.scoring import ChoiceItem, ChoiceScores, render_items, score_items
@@ -29,7 +35,7 @@ class Behaviour:
     forget_prob: float | None
     edit_accuracy: float | None  # new target is the argmax (None without targets)
     edit_prob: float | None
-    maintain_accuracy: float | None
+    maintain_accuracy: float | None  # held-out maintain facts (never trained on by the editor)
     maintain_prob: float | None
     paraphrase_forget_accuracy: float | None
     paraphrase_forget_prob: float | None
@@ -48,6 +54,11 @@ class Behaviour:
     n_paraphrase_items: int = 0
     n_neighborhood_items: int = 0
     mcq_shots: list[str] = field(default_factory=list)  # subjects of the few-shot MCQ examples
+    maintain_accuracy_train: float | None = None  # the editor's retain facts (a training-set number)
+    maintain_prob_train: float | None = None
+    n_maintain_train: int = 0
+    maintain_note: str | None = None  # why maintain_accuracy is null (e.g. too few maintain facts to hold out)
+    per_fact: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> fact_key -> value
 
     def to_dict(self) -> dict:
         """JSON-serializable dict."""
@@ -84,33 +95,56 @@ def neighborhood_items(tokenizer, facts: Sequence[Fact]) -> list[ChoiceItem]:
     return items
 
 
-def split_for_behaviour(facts: FactSet, n_shots: int, max_maintain: int | None, seed: int
-                        ) -> tuple[FactSet, list[Fact], list[Fact]]:
-    """(forget facts, MCQ shot facts, maintain facts to score) — shots are maintain facts never scored."""
+def split_for_behaviour(facts: FactSet, n_shots: int, max_maintain: int | None, seed: int,
+                        split: MaintainSplit | None = None) -> tuple[FactSet, list[Fact], list[Fact], list[Fact]]:
+    """(forget facts, MCQ shot facts, held-out maintain facts to score, retain maintain facts to score).
+
+    Shots are maintain facts never scored, taken from the retain half (the held-out half when there is none).
+    ``split`` defaults to ``split_maintain`` of the maintain facts under ``seed``.
+    """
     if not any(f.changes for f in facts):
         raise FactError(f"fact set '{facts.name}' has no facts marked to forget or edit (no 'target' or 'forget' "
                         "column); mark some, e.g. FactSet.mark_forget(n, seed) or --n-forget")
     forget = facts.forget_set()
-    maintain = list(facts.maintain_set().facts) if len(forget) < len(facts) else []
+    split = split if split is not None else split_maintain(maintain_of(facts), seed)
     rng = random.Random(f"behaviour-{seed}")
-    rng.shuffle(maintain)
-    shots, rest = maintain[:n_shots], maintain[n_shots:]
+    retain = list(split.retain) if split.retain is not None else []
+    held = list(split.evaluation) if split.evaluation is not None else []
+    rng.shuffle(retain)
+    rng.shuffle(held)
+    if len(retain) >= n_shots:
+        shots, retain = retain[:n_shots], retain[n_shots:]
+    else:
+        shots, held = held[:n_shots], held[n_shots:]
     if max_maintain is not None:
-        rest = rest[:max_maintain]
-    return forget, shots, rest
+        retain, held = retain[:max_maintain], held[:max_maintain]
+    return forget, shots, held, retain
+
+
+def _per_fact(s: ChoiceScores | None, facts: Sequence[Fact], name: str, flip: bool = False) -> dict[str, float]:
+    """fact_key -> mean of a score field over the fact's items (paraphrases average per fact)."""
+    if s is None or len(s.fact_index) == 0:
+        return {}
+    values = getattr(s, name).astype(float)
+    out = {}
+    for i in np.unique(s.fact_index):
+        v = float(values[s.fact_index == i].mean())
+        out[fact_key(facts[int(i)])] = 1.0 - v if flip else v
+    return out
 
 
 @torch.no_grad()
 def score_behaviour(
     model, facts: FactSet, *, seed: int = 0, n_shots: int = 3, max_maintain: int | None = 256,
-    mcq_style: str = "text", batch_size: int = 64, progress: bool = True,
+    mcq_style: str = "text", batch_size: int = 64, progress: bool = True, split: MaintainSplit | None = None,
 ) -> Behaviour:
     """Score ``model`` on the forget/edit facts (prompt, paraphrases, few-shot MCQ, neighbourhood) and maintain facts.
 
     MCQ options are shuffled under ``seed``; the few-shot prefix uses ``n_shots`` maintain facts (excluded from the
-    maintain scores). ``max_maintain`` caps the (seeded) sample of maintain facts scored.
+    maintain scores). ``max_maintain`` caps the (seeded) sample of maintain facts scored in each half; ``split``
+    is the editor's retain / held-out split (default: ``split_maintain`` under ``seed``).
     """
-    forget, shots, maintain = split_for_behaviour(facts, n_shots, max_maintain, seed)
+    forget, shots, maintain, retain = split_for_behaviour(facts, n_shots, max_maintain, seed, split)
     tok = model.tokenizer
     fmt_mcq = "mcq" if mcq_style == "text" else "mcq-letter"
     prefix = mcq_prefix(shots, seed=seed, style=mcq_style)
@@ -124,6 +158,8 @@ def score_behaviour(
         jobs["maintain"] = render_items(tok, maintain, "prompt")
         jobs["maintain_para"] = render_items(tok, maintain, "paraphrase")
         jobs["maintain_mcq"] = render_items(tok, maintain, fmt_mcq, seed=seed, prefix=prefix)
+    if retain:
+        jobs["maintain_train"] = render_items(tok, retain, "prompt")
     # one scoring pass over all items (fewer, fuller batches), then split back
     flat = [it for items in jobs.values() for it in items]
     scores = score_items(model, flat, batch_size=batch_size, progress=progress)
@@ -140,6 +176,21 @@ def score_behaviour(
     def tgt(name: str, field_: str) -> float | None:
         return _mean(out[name], field_) if has_t else None
 
+    forget_list = list(forget)
+    per_fact = {
+        "forget_accuracy": _per_fact(out["forget"], forget_list, "answer_correct"),
+        "paraphrase_forget_accuracy": _per_fact(out["forget_para"], forget_list, "answer_correct"),
+        "mcq_forget_error": _per_fact(out["forget_mcq"], forget_list, "answer_correct", flip=True),
+        "maintain_accuracy": _per_fact(out.get("maintain"), maintain, "answer_correct"),
+        "maintain_accuracy_train": _per_fact(out.get("maintain_train"), retain, "answer_correct"),
+    }
+    if has_t:
+        per_fact["edit_accuracy"] = _per_fact(out["forget"], forget_list, "target_correct")
+        per_fact["paraphrase_edit_accuracy"] = _per_fact(out["forget_para"], forget_list, "target_correct")
+        per_fact["mcq_edit_accuracy"] = _per_fact(out["forget_mcq"], forget_list, "target_correct")
+    note = None
+    if not maintain:
+        note = (split.note if split is not None and split.note else None) or "no held-out maintain facts to score"
     return Behaviour(
         forget_accuracy=_mean(out["forget"], "answer_correct"), forget_prob=_mean(out["forget"], "answer_prob"),
         edit_accuracy=tgt("forget", "target_correct"), edit_prob=tgt("forget", "target_prob"),
@@ -158,6 +209,9 @@ def score_behaviour(
         neighborhood_prob=_mean(out["neighborhood"], "answer_prob"),
         n_forget=len(forget), n_maintain=len(maintain), n_paraphrase_items=len(jobs["forget_para"]),
         n_neighborhood_items=len(jobs["neighborhood"]), mcq_shots=[f.subject for f in shots],
+        maintain_accuracy_train=_mean(out.get("maintain_train"), "answer_correct"),
+        maintain_prob_train=_mean(out.get("maintain_train"), "answer_prob"), n_maintain_train=len(retain),
+        maintain_note=note, per_fact=per_fact,
     )
 
 

@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mechedit.components import model_shape
-from mechedit.evaluate.behaviour import Behaviour, choose_shots, fluency_kl, score_behaviour
+from mechedit.edit.split import (
+    EVAL_FRACTION,
+    MaintainSplit,
+    maintain_of,
+    recorded_retain_keys,
+    split_from_keys,
+    split_maintain,
+)
+from mechedit.evaluate.behaviour import Behaviour, choose_shots, fluency_kl, next_token_kl, score_behaviour
 from mechedit.evaluate.copying import clone_model
 from mechedit.evaluate.latent import LatentProbes, latent_probes
 from mechedit.evaluate.relearn import RelearnConfig, RelearnResult, relearn_attack
 from mechedit.evaluate.verdict import Verdict, VerdictRule, decide
 from mechedit.facts import FactSet
 from mechedit.models import fingerprint, model_info
+from mechedit.stats import chance_accuracy
 
 # GUIDE §3 keys, in order, then the renormalized probabilities
 GUIDE_KEYS = ("forget_accuracy", "edit_accuracy", "maintain_accuracy", "paraphrase_edit_accuracy",
@@ -39,13 +49,14 @@ class Evaluation:
 
     behaviour: Behaviour
     original_behaviour: Behaviour | None = None  # the unedited model on the same facts (None without one)
-    fluency_kl: float | None = None  # mean next-token KL(original ‖ edited) on generic text
+    fluency_kl: float | None = None  # mean next-token KL(original ‖ edited) on held-out generic text
     relearn: RelearnResult | None = None
     latent: LatentProbes | None = None
     diagnostics: object | None = None  # mechedit.evaluate.diagnostics.Diagnostics
     verdict: Verdict | None = None
     n_params_trained: int | None = None
     meta: dict = field(default_factory=dict)
+    fluency: dict | None = None  # held-out per-text KL, the training-half KL, text counts, source, note
 
     @property
     def latent_probe_accuracy(self) -> list[float] | None:
@@ -68,6 +79,8 @@ class Evaluation:
         out["relearn_recovery"] = None if self.relearn is None else self.relearn.recovery
         out["cka_min"] = None if self.diagnostics is None else float(min(self.diagnostics.cka))
         out["verdict_reason"] = None if self.verdict is None else "; ".join(self.verdict.reasons)
+        out["maintain_accuracy_train"] = b.maintain_accuracy_train  # the editor's retain facts (training set)
+        out["fluency_kl_train"] = None if self.fluency is None else self.fluency.get("train")
         return out
 
     def to_dict(self) -> dict:
@@ -80,6 +93,7 @@ class Evaluation:
         d["diagnostics"] = None if self.diagnostics is None else self.diagnostics.to_dict()
         d["verdict_inputs"] = None if self.verdict is None else self.verdict.to_dict()
         d["meta"] = self.meta
+        d["fluency"] = self.fluency
         return _jsonable(d)
 
     def save(self, path: str | Path) -> Path:
@@ -101,7 +115,7 @@ class Evaluation:
             fluency_kl=d.get("fluency_kl"), relearn=build(RelearnResult, d.get("relearn")),
             latent=build(LatentProbes, d.get("latent")), diagnostics=build(Diagnostics, d.get("diagnostics")),
             verdict=build(Verdict, d.get("verdict_inputs")), n_params_trained=d.get("n_params_trained"),
-            meta=d.get("meta", {}),
+            meta=d.get("meta", {}), fluency=d.get("fluency"),
         )
 
     @classmethod
@@ -160,6 +174,7 @@ def evaluate(
     fluency_text: str = "auto", n_shots: int | None = None, max_maintain: int | None = 256,
     rule: VerdictRule | None = None, batch_size: int = 64, progress: bool = True,
     original_behaviour: Behaviour | None = None, latent_train: FactSet | None = None,
+    retain_keys: Collection[str] | None = None,
 ) -> Evaluation:
     """Evaluate an edit of ``facts`` (forget/edit facts marked) — never modifying the caller's models.
 
@@ -168,7 +183,9 @@ def evaluate(
     few-shot MCQ prefix (0 or 3 maintain facts) that scores best on the original model. ``original_behaviour``:
     the original model's scores from an earlier call with the same facts, seed and ``n_shots`` (reused, not
     recomputed, when comparing several edits of one fact set). ``latent_train``: more facts to train the latent
-    probes on (forget subjects excluded; see ``mechedit.evaluate.latent``). Sections: behaviour
+    probes on (forget subjects excluded; see ``mechedit.evaluate.latent``). ``retain_keys``: the maintain facts
+    (``fact_key``) the editor trained on (default: recorded in ``edit``, else the editor's seeded rule under
+    ``seed``); maintain accuracy and fluency KL are measured on the other, held-out half. Sections: behaviour
     (always), fluency and latent probes (need the original), the relearning attack (``relearn=True``, on a
     copy), representation diagnostics (``diagnostics=True``), then the verdict (``mechedit.evaluate.verdict``).
     """
@@ -187,17 +204,23 @@ def evaluate(
         ev_meta = {"mcq_shots": n_shots, "mcq_shot_choice": {str(k): v for k, v in shot_accs.items()}}
     else:
         ev_meta = {"mcq_shots": n_shots}
-    kw = dict(seed=seed, n_shots=n_shots, max_maintain=max_maintain, batch_size=batch_size, progress=progress)
+    split, split_seed, fraction = heldout_split(facts, edit, seed, retain_keys)
+    ev_meta["heldout"] = {"seed": split_seed, "fraction": fraction, "source": "recorded" if (
+        retain_keys is not None or (edit is not None and recorded_retain_keys(edit.extra) is not None)) else "rule",
+        "n_retain": 0 if split.retain is None else len(split.retain),
+        "n_evaluation": 0 if split.evaluation is None else len(split.evaluation), "note": split.note}
+    kw = dict(seed=seed, n_shots=n_shots, max_maintain=max_maintain, batch_size=batch_size, progress=progress,
+              split=split)
     ev = Evaluation(behaviour=timed("behaviour", score_behaviour, edited, facts, **kw), meta=ev_meta)
     if original is not None:
         ev.original_behaviour = original_behaviour or timed("original_behaviour", score_behaviour, original, facts,
                                                             **kw)
-        from mechedit.edit.fluency import fluency_texts
-
-        maintain = facts.maintain_set() if len(facts.forget_set()) < len(facts) else None
-        texts, source = fluency_texts(original, maintain, fluency_text, seed)
-        ev.fluency_kl = timed("fluency", fluency_kl, original, edited, texts, progress=progress)
-        ev.meta["fluency_text"] = source
+        if fluency_text == "auto" and edit is not None:
+            fluency_text = edit.config.fluency_text  # the editor's own source, split the editor's way
+        ev.fluency = timed("fluency", heldout_fluency, original, edited, split, fluency_text, split_seed, fraction,
+                           progress=progress)
+        ev.fluency_kl = ev.fluency["heldout"]
+        ev.meta["fluency_text"] = ev.fluency["source"]
     if relearn:
         ev.relearn = timed("relearn", relearn_attack, edited, facts, relearn_config, original=original, seed=seed,
                            keep_model=diagnostics, progress=progress)
@@ -224,10 +247,37 @@ def evaluate(
     return ev
 
 
+def heldout_split(facts: FactSet, edit=None, seed: int = 0, retain_keys: Collection[str] | None = None
+                  ) -> tuple[MaintainSplit, int, float]:
+    """(the editor's retain / held-out split of ``facts``' maintain facts, its seed, its held-out fraction)."""
+    split_seed = seed if edit is None else edit.config.seed
+    fraction = EVAL_FRACTION if edit is None else edit.config.eval_fraction
+    if retain_keys is None and edit is not None:
+        retain_keys = recorded_retain_keys(edit.extra)
+    maintain = maintain_of(facts)
+    if retain_keys is not None:
+        return split_from_keys(maintain, retain_keys), split_seed, fraction
+    return split_maintain(maintain, split_seed, fraction), split_seed, fraction
+
+
+def heldout_fluency(original, edited, split: MaintainSplit, source: str, seed: int, fraction: float, *,
+                    progress: bool = True) -> dict:
+    """Fluency KL on the held-out texts (``heldout``, per text in ``heldout_per_text``) and on the training half."""
+    from mechedit.edit.fluency import fluency_split
+
+    train, held, desc = fluency_split(original, split, source, seed, fraction)
+    per_text = next_token_kl(original, edited, held, progress=progress).tolist() if held else None
+    out = {"source": desc, "heldout": None if per_text is None else float(np.mean(per_text)),
+           "heldout_per_text": per_text, "n_heldout": len(held), "n_train": len(train),
+           "train": fluency_kl(original, edited, train, progress=progress) if train else None,
+           "note": None if held else "no held-out fluency text (too few texts or maintain facts to split)"}
+    return out
+
+
 def verdict_of(ev: Evaluation, facts: FactSet, rule: VerdictRule | None = None) -> Verdict:
     """Feed an evaluation's numbers to the verdict rule."""
     forget = facts.forget_set()
-    chance = float(np.mean([1.0 / len(f.candidates) for f in forget]))
+    chance = chance_accuracy([len(f.candidates) for f in forget])
     lat_after = lat_before = lat_chance = None
     if ev.latent is not None:
         lat_after = ev.latent.best("original_true")
@@ -235,9 +285,30 @@ def verdict_of(ev: Evaluation, facts: FactSet, rule: VerdictRule | None = None) 
             lat_after = max(lat_after, ev.latent.best("fresh_true"))
         lat_before, lat_chance = ev.latent.best("original_before"), ev.latent.chance
     mean_cka = None if ev.diagnostics is None else float(np.mean(ev.diagnostics.cka))
+    formats = behaviour_formats(ev, facts)
     return decide(
         forget_accuracy=ev.behaviour.forget_accuracy,
         original_forget_accuracy=None if ev.original_behaviour is None else ev.original_behaviour.forget_accuracy,
         chance=chance, relearn_recovery=None if ev.relearn is None else ev.relearn.recovery,
         latent_after=lat_after, latent_before=lat_before, latent_chance=lat_chance, mean_cka=mean_cka, rule=rule,
+        formats=formats,
     )
+
+
+def behaviour_formats(ev: Evaluation, facts: FactSet) -> dict[str, dict]:
+    """Paraphrase and MCQ true-answer accuracy of the edited and original model, each with its own chance level."""
+    forget = facts.forget_set()
+    b, o = ev.behaviour, ev.original_behaviour
+    with_para = [f for f in forget if f.paraphrases]
+    out: dict[str, dict] = {}
+    if with_para:
+        out["paraphrase"] = {"accuracy": b.paraphrase_forget_accuracy,
+                             "original": None if o is None else o.paraphrase_forget_accuracy,
+                             "chance": chance_accuracy([len(f.candidates) for f in with_para])}
+
+    def mcq_true(x: Behaviour | None) -> float | None:
+        return None if x is None or x.mcq_forget_error is None else 1.0 - x.mcq_forget_error
+
+    out["mcq"] = {"accuracy": mcq_true(b), "original": mcq_true(o),  # option count does not depend on the seed
+                  "chance": chance_accuracy([len(f.mcq()[1]) for f in forget])}
+    return out

@@ -8,8 +8,11 @@ with a threshold; the verdict is ``suppressed`` as soon as one signal shows the 
 ================  =====================================================================  ===============
 signal            number                                                                  suppressed if
 ================  =====================================================================  ===============
-behaviour         forget-set true-answer accuracy on the training prompt, as a share of   ``>= 0.5``
-                  the original's above chance: (acc − chance) / (acc_original − chance)
+behaviour         forget-set true-answer accuracy as a share of the original's above      ``>= 0.5``
+                  chance, (acc − chance) / (acc_original − chance), the largest over the
+                  training prompt, the paraphrases and the multiple-choice prompt (each
+                  with its own chance: 1 / candidates, 1 / options); the deciding format
+                  is named in the signal's detail
 relearning        recovery of the held-out half after the relearning attack                ``>= 0.5``
                   (``mechedit.evaluate.relearn``; same chance-normalized scale)
 latent probes     best (over layers, positions, original and fresh probes) true-answer     ``>= 0.5``
@@ -29,9 +32,12 @@ warns that the removal rests on a small change. Every number is returned beside 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from mechedit import stats
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,34 @@ def normalized(value: float | None, chance: float, reference: float | None) -> f
     return float(np.clip((value - chance) / (reference - chance), 0.0, 1.0))
 
 
+def behaviour_signal(formats: Mapping[str, Mapping[str, float | None]]
+                     ) -> tuple[float | None, dict[str, dict], str | None]:
+    """(largest chance-normalized true-answer accuracy over formats clipped to [0, 1], per-format detail, its format).
+
+    A format whose accuracy or original accuracy is missing, or whose original is not above chance, is skipped.
+    """
+    per: dict[str, dict] = {}
+    for name, f in formats.items():
+        n = stats.normalized(f.get("accuracy"), f.get("chance"), f.get("original"))
+        per[name] = {**dict(f), "normalized": None if n is None else float(np.clip(n, 0.0, 1.0))}
+    usable = {k: v["normalized"] for k, v in per.items() if v["normalized"] is not None}
+    if not usable:
+        return None, per, None
+    deciding = max(usable, key=lambda k: usable[k])
+    return usable[deciding], per, deciding
+
+
 def decide(
     *, forget_accuracy: float | None, original_forget_accuracy: float | None, chance: float,
     relearn_recovery: float | None = None, latent_after: float | None = None, latent_before: float | None = None,
     latent_chance: float | None = None, mean_cka: float | None = None, rule: VerdictRule | None = None,
+    formats: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> Verdict:
-    """Apply the rule of the module docstring to the given numbers (None = signal not measured)."""
+    """Apply the rule of the module docstring to the given numbers (None = signal not measured).
+
+    ``formats``: more prompt formats for the behaviour signal, name -> {accuracy, original, chance} (true-answer
+    accuracies of the edited and the original model); the training prompt is always the format ``prompt``.
+    """
     rule = rule or VerdictRule()
     signals: dict[str, dict] = {}
     reasons: list[str] = []
@@ -85,10 +113,14 @@ def decide(
         reasons.append(f"{name}: {what} = {value:.2f} ({'>=' if says == 'suppressed' else '<'} {threshold}) "
                        f"-> {says}")
 
-    beh = normalized(forget_accuracy, chance, original_forget_accuracy)
+    beh, per_format, deciding = behaviour_signal(
+        {"prompt": {"accuracy": forget_accuracy, "original": original_forget_accuracy, "chance": chance},
+         **(formats or {})})
     add("behaviour", beh, rule.behaviour,
         {"forget_accuracy": forget_accuracy, "original_forget_accuracy": original_forget_accuracy,
-         "chance": chance}, "true answer still given (share of the original above chance)")
+         "chance": chance, "formats": per_format, "deciding_format": deciding},
+        f"true answer still given ({deciding or 'prompt'}; share of the original above chance, largest over "
+        f"{', '.join(k for k, v in per_format.items() if v['normalized'] is not None) or 'no format'})")
     add("relearning", relearn_recovery, rule.relearn, {}, "held-out recovery after relearning")
     lat_chance = latent_chance if latent_chance is not None else chance
     lat = normalized(latent_after, lat_chance, latent_before)
