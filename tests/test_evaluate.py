@@ -198,27 +198,34 @@ def test_cli_evaluate_and_wrong_model(edit_facts, small_edit, tmp_path):
     assert res.exit_code == 2 and "fingerprint" in res.output
 
 
-def test_nonlocalized_ga_is_suppressed_and_fact_lookup_edit_is_removed(factworld, sport_facts):
-    """The paper's contrast on factworld v2 (measured: GA verdict 'suppressed', maintain 0.28, latent best 0.44;
-    log1-p on the probe's MLPs 0-1 'removed', maintain 1.00, latent at chance). Relearning recovers nothing for
-    either here (0.0 both), so it cannot order them; the latent probes do."""
+def test_localized_vs_nonlocalized_with_the_same_objective_steps_and_lr(factworld, sport_facts):
+    """Both arms unlearn the same 16 facts with the same objective (log1-p) and the documented default recipe
+    (``EditConfig()``: 60 steps, lr 1e-3); only the trained components differ (the probe's fact-lookup MLPs vs every
+    MLP and attention weight). Chosen before running and not tuned. Measured on factworld: both hide the facts
+    (forget accuracy 0.06 each), both are "removed" (relearning recovers 0.00 for both; latent best 0.38 localized,
+    0.25 nonlocalized), held-out maintain 1.00 vs 0.97, fluency KL 0.011 vs 0.023. So the paper's ordering
+    (localized more robust) does NOT appear on factworld at matched settings: the earlier contrast of this test
+    (gradient ascent on all weights vs log1-p on the MLPs, different steps and lr) came from the objectives. What
+    holds: the localized edit is not more robust here, and it disturbs generic text less."""
     from mechedit.edit import EditConfig, edit
     from mechedit.localize import localize
     from mechedit.localize.localization import make_localization
 
     facts = sport_facts.mark_forget(16, seed=0, with_targets=False)
+    cfg = EditConfig()
 
-    def run(loc, objective, cfg):
-        result = edit(clone_model(factworld), facts, loc, objective, cfg, progress=False)
+    def run(loc):
+        result = edit(clone_model(factworld), facts, loc, "log1-p", cfg, progress=False)
         ev = evaluate(factworld, facts, edit=result, relearn=True, latent=True, max_maintain=32, n_shots=0,
                       progress=False)
         assert ev.behaviour.forget_accuracy <= 0.25  # the edit does hide the facts
         return ev
 
-    ga = run(localize(factworld, facts, "nonlocalized", progress=False), "ga", EditConfig(steps=12, warmup=2))
-    assert ga.metrics["verdict"] == "suppressed"
     probe = localize(factworld, facts, "probe", progress=False)
-    mlp = run(make_localization(factworld, "probe-mlps", probe.mlps), "log1-p", EditConfig(steps=40, lr=3e-3))
-    assert mlp.metrics["verdict"] == "removed" and mlp.metrics["maintain_accuracy"] >= 0.9
-    assert max(mlp.latent_probe_accuracy) < max(ga.latent_probe_accuracy)
-    assert mlp.relearn.recovery <= ga.relearn.recovery
+    local = run(make_localization(factworld, "probe-mlps", probe.mlps))
+    full = run(localize(factworld, facts, "nonlocalized", progress=False))
+    assert local.metrics["verdict"] == full.metrics["verdict"] == "removed"
+    assert local.relearn.recovery <= 0.25 and full.relearn.recovery <= 0.25
+    assert max(local.latent_probe_accuracy) >= max(full.latent_probe_accuracy)  # not more robust than nonlocalized
+    assert local.metrics["maintain_accuracy"] >= 0.9 and full.metrics["maintain_accuracy"] >= 0.9  # held-out half
+    assert local.fluency_kl < full.fluency_kl
