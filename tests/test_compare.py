@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 
 import pytest
 from typer.testing import CliRunner
 
 from mechedit.cli import app
-from mechedit.compare import CompareSettings, compare, run_facts
+from mechedit.compare import COLUMNS, CompareSettings, MethodRun, compare, paired_table, run_facts, summarize
 from mechedit.facts import FactError
 from mechedit.report import write_report
 
@@ -59,12 +60,53 @@ def test_compare_numbers_are_real_and_budgets_match(run_dir):
         assert sum(m["verdicts"].values()) == 2
 
 
+def test_summary_has_sample_sd_bootstrap_cis_and_paired_tables(run_dir):
+    out, summary = run_dir
+    probe = summary["methods"]["probe"]["columns"]
+    edit_acc = probe["edit_accuracy"]
+    assert edit_acc["n"] == 16 and edit_acc["n_clusters"] == 2 and edit_acc["over"] == "seeds × facts"
+    assert edit_acc["low"] <= edit_acc["mean"] <= edit_acc["high"]
+    per_seed = [r["metrics"]["edit_accuracy"] for r in summary["runs"] if r["method"] == "probe"]
+    assert edit_acc["sd"] == pytest.approx(statistics.stdev(per_seed))  # sample SD (ddof=1), not pstdev
+    assert probe["maintain_accuracy"]["n"] == 2 * 12 and probe["fluency_kl"]["over"] == "seeds × texts"
+    assert probe["latent_probe_max"]["over"] == "seeds"  # one number per run
+    paired = summary["paired"]
+    assert set(paired) == {"probe", "nonlocalized"} and set(paired["probe"]) == {"path", "random", "nonlocalized"}
+    assert set(paired["nonlocalized"]) == {"probe", "path", "random"}
+    d = paired["probe"]["nonlocalized"]["forget_accuracy"]
+    assert d["n"] == 16 and d["n_clusters"] == 2
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["paired"]["probe"]["path"]["edit_accuracy"] == paired["probe"]["path"]["edit_accuracy"]
+    md = (out / "summary.md").read_text()
+    assert "Paired differences against probe" in md and "Paired differences against nonlocalized" in md
+    assert "bootstrap 95 % CI" in md and "[" in md
+    assert "edit_accuracy_ci_low" in (out / "summary.csv").read_text()
+
+
+def test_paired_ci_of_two_identical_methods_contains_zero(run_dir):
+    """The random baseline's runs under a second name (identical localization, edit and evaluation for every
+    seed): the planted difference is 0, and every paired interval must contain it."""
+    _, summary = run_dir
+    runs = [MethodRun(**r) for r in summary["runs"] if r["method"] in ("probe", "random")]
+    twin = [MethodRun("random-again", r.seed, r.localization, r.metrics, r.seconds) for r in runs
+            if r.method == "random"]
+    s = summarize(CompareSettings(methods=["probe", "random", "random-again"]), runs + twin, 0.0, 0, "pool")
+    against_probe, twins = s["paired"]["probe"], paired_table(runs + twin, "random")["random-again"]
+    for _, key in COLUMNS:
+        assert against_probe["random-again"][key] == against_probe["random"][key]
+        stat = twins[key]
+        if stat["mean"] is not None:
+            assert stat["mean"] == 0.0 and stat["low"] <= 0.0 <= stat["high"], (key, stat)
+    assert twins["edit_accuracy"]["n"] == 16 and twins["latent_probe_max"]["n"] == 2
+
+
 def test_report_is_self_contained(run_dir):
     out, _ = run_dir
     html = write_report(out).read_text()
     assert "<script src=" not in html  # plotly is embedded: no network needed
     assert html.count("plotly") > 10 and "Plotly.newPlot" in html
-    for text in ("probe", "nonlocalized", "Verdicts", "Relearning attack", "Provenance", "transformer_lens"):
+    for text in ("probe", "nonlocalized", "Verdicts", "Relearning attack", "Provenance", "transformer_lens",
+                 "Paired differences", "method − probe", "bootstrap 95 % CI"):
         assert text in html
 
 
