@@ -174,7 +174,10 @@ def evaluate(
         for key in ("forget_accuracy", "edit_accuracy", "maintain_accuracy", "paraphrase_forget_accuracy",
                     "paraphrase_edit_accuracy", "mcq_forget_error", "mcq_edit_accuracy", "neighborhood_accuracy"):
             table.add_row(key, _fmt(metrics[key]), _fmt(getattr(orig, key)) if orig else "")
-        for key in ("fluency_kl", "relearn_accuracy", "relearn_recovery", "cka_min", "n_params_trained"):
+        table.add_row("maintain_accuracy_train (editor's retain facts)", _fmt(metrics["maintain_accuracy_train"]),
+                      _fmt(orig.maintain_accuracy_train) if orig else "")
+        for key in ("fluency_kl", "fluency_kl_train", "relearn_accuracy", "relearn_recovery", "cka_min",
+                    "n_params_trained"):
             table.add_row(key, _fmt(metrics[key]), "")
         if ev.latent is not None:
             table.add_row("latent probe best (true answer)", _fmt(ev.latent.best("original_true")),
