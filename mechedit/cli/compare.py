@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mechedit.cli import app
@@ -17,14 +18,14 @@ def summary_table(summary: dict) -> Table:
     from mechedit.compare import CELL_LEGEND, summary_title, table_rows
 
     headers, rows = table_rows(summary)
-    table = Table(title=summary_title(summary), caption=CELL_LEGEND)
+    table = Table(title=escape(summary_title(summary)), caption=escape(CELL_LEGEND))
     table.add_column(headers[0])
     for header in headers[1:-2]:
         table.add_column(header, justify="right")
     table.add_column(headers[-2])
     table.add_column(headers[-1], justify="right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     return table
 
 
@@ -37,12 +38,12 @@ def paired_tables(summary: dict) -> list[Table]:
         headers, rows = paired_rows(summary, ref)
         if not rows:
             continue
-        table = Table(title=f"paired differences against {ref}", caption=PAIRED_LEGEND)
+        table = Table(title=f"paired differences against {ref}", caption=escape(PAIRED_LEGEND))
         table.add_column(headers[0])
         for header in headers[1:]:
             table.add_column(header, justify="right")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(escape, row))
         tables.append(table)
     return tables
 
