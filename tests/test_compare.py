@@ -100,6 +100,19 @@ def test_paired_ci_of_two_identical_methods_contains_zero(run_dir):
     assert twins["edit_accuracy"]["n"] == 16 and twins["latent_probe_max"]["n"] == 2
 
 
+def test_the_same_method_run_twice_pairs_to_zero():
+    """The random localization run twice through the whole pipeline under the same seeds (a real rerun, not a
+    copy): runs are deterministic, so the planted difference is 0 and its paired interval contains 0."""
+    settings = CompareSettings(model="factworld", facts="factworld", relation="sport", methods=["random"],
+                               n_facts=8, seeds=2, steps=5, max_maintain=16, relearn=False, latent=False)
+    first, second = (compare(settings, progress=False)["runs"] for _ in range(2))
+    runs = [MethodRun(**r) for r in first] + [MethodRun(**{**r, "method": "random-rerun"}) for r in second]
+    twins = paired_table(runs, "random")["random-rerun"]
+    for key in ("edit_accuracy", "forget_accuracy", "maintain_accuracy", "mcq_edit_accuracy", "fluency_kl"):
+        assert twins[key]["n"] > 0 and twins[key]["low"] <= 0.0 <= twins[key]["high"], (key, twins[key])
+    assert twins["maintain_accuracy"]["n"] == 2 * 8  # the held-out halves of 2 x 16 maintain facts (shots: retain)
+
+
 def test_report_is_self_contained(run_dir):
     out, _ = run_dir
     html = write_report(out).read_text()
