@@ -209,6 +209,10 @@ def evaluate(
         retain_keys is not None or (edit is not None and recorded_retain_keys(edit.extra) is not None)) else "rule",
         "n_retain": 0 if split.retain is None else len(split.retain),
         "n_evaluation": 0 if split.evaluation is None else len(split.evaluation), "note": split.note}
+    if edit is not None and retain_keys is None and recorded_retain_keys(edit.extra) is None:
+        ev_meta["heldout"]["note"] = ("this edit recorded no retain set (made before edits held maintain facts "
+                                      "out, training on all of them): maintain_accuracy and fluency_kl are not "
+                                      "held-out numbers for it")
     kw = dict(seed=seed, n_shots=n_shots, max_maintain=max_maintain, batch_size=batch_size, progress=progress,
               split=split)
     ev = Evaluation(behaviour=timed("behaviour", score_behaviour, edited, facts, **kw), meta=ev_meta)
