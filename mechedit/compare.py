@@ -3,7 +3,8 @@
 ``compare(settings, out_dir)`` runs, for each seed (a different sample of facts to change) and each method:
 localize on the original model → edit a working copy with identical settings → full verification (behaviour,
 MCQ, paraphrases, relearning, latent probes, verdict) → revert the working copy bit-exactly. Ranking-based
-baselines are cut to the parameter budget of the fact-lookup localization (``probe``, else ``path``).
+baselines — and ``path`` when ``probe`` runs — are matched (±10 %, recorded in ``extra["budget"]``) to the parameter
+budget of the fact-lookup localization (``probe``, else ``path``).
 Everything is written under ``out_dir`` (see ``write_run``) and summarized per method as the mean, the sample SD
 of the per-seed means and a bootstrap 95 % interval over seeds × facts (``mechedit.stats``), plus a paired
 difference table: each method minus ``probe`` and minus ``nonlocalized`` on the same seeds and facts.
@@ -25,7 +26,7 @@ from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
 from mechedit.stats import Interval, bootstrap_ci, paired_difference
 
 BUDGET_SOURCES = ("probe", "path")  # the fact-lookup localizations that define the parameter budget
-BUDGETED = ("causal-tracing", "attribution", "random")  # ranking-based methods cut to that budget
+BUDGETED = ("path", "causal-tracing", "causal-tracing-mlp", "attribution", "random")  # matched to that budget (±10 %)
 # probes learn a relation-level map from many subjects: they are fitted on every known fact of the relation
 # (the paper's recipe), not only on the handful of facts being edited (classes would be too small to split)
 RELATION_LEVEL = ("probe",)

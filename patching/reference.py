@@ -176,3 +176,38 @@ def attribution_reference(
         wide, narrow = (vals[0] - vals[1]) / (2 * eps), (vals[2] - vals[3]) / eps
         out.append((4 * narrow - wide) / 3)  # Richardson: cancels the O(eps^2) curvature error
     return out
+
+
+def rome_trace_reference(
+    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], noise_ids: Sequence[int],
+    noise, answer_ids: Int[Tensor, " batch"], token: Int[Tensor, " batch"], *, window: int = 10,
+) -> list[float]:
+    """ROME's window trace with full forwards: per layer and noise draw, one noised forward from the embeddings with
+    the clean MLP outputs of the window written back at ``token``; returns mean p(answer) per layer.
+
+    ``noise`` is a ``Noise`` spec whose seed is replaced by each of ``noise_ids`` in turn.
+    """
+    from dataclasses import replace
+
+    from patching.metrics import answer_prob
+    from patching.tracing import window_layers
+
+    a = arch(model)
+    rows = torch.arange(input_ids.shape[0])
+    metric = answer_prob(answer_ids)
+    mlp = [f"blocks.{L}.hook_mlp_out" for L in range(a.n_layers)]
+    _, clean = _cache(model, input_ids, attention_mask, [], mlp)
+    sums = [0.0] * a.n_layers
+    for s in noise_ids:
+        _, noise_hooks = corrupt_inputs(model, input_ids, replace(noise, seed=s))
+        for layer in range(a.n_layers):
+            def put(x, hook, c=None):
+                x = x.clone()
+                x[rows, token] = c[rows, token]
+                return x
+
+            hooks = [(mlp[i], lambda x, hook, c=clean[mlp[i]]: put(x, hook, c))
+                     for i in window_layers(layer, a.n_layers, window)]
+            logits, _ = _cache(model, input_ids, attention_mask, list(noise_hooks) + hooks, [])
+            sums[layer] += float(evaluate(metric, logits))
+    return [v / len(noise_ids) for v in sums]

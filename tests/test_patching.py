@@ -15,9 +15,14 @@ from patching.attribution import attribution_patch
 from patching.corrupt import Noise, embedding_std, gaussian_noise, random_subject_tokens, subject_mask, swap_subjects
 from patching.metrics import answer_prob, logit_diff
 from patching.path import path_patch
-from patching.reference import activation_patch_reference, attribution_reference, path_patch_reference
+from patching.reference import (
+    activation_patch_reference,
+    attribution_reference,
+    path_patch_reference,
+    rome_trace_reference,
+)
 from patching.result import PatchResult, UnchangedMetricWarning
-from patching.tracing import causal_trace
+from patching.tracing import causal_trace, noise_seed, rome_trace, window_layers
 
 TOL = 1e-4
 
@@ -102,7 +107,7 @@ def test_causal_trace_matches_reference_and_is_seeded(factworld, setup):
     b = setup.batch
     args = (b.input_ids, b.attention_mask, b.subject_start, b.subject_last, setup.answer_ids)
     res = causal_trace(factworld, *args, components=SOME, seed=3)
-    noise = gaussian_noise(factworld, b.input_ids, b.subject_start, b.subject_last, seed=3)
+    noise = gaussian_noise(factworld, b.input_ids, b.subject_start, b.subject_last, seed=noise_seed(3, 0))
     subject_tokens = b.input_ids[subject_mask(b.subject_start, b.subject_last, b.input_ids.shape[1])]
     assert noise.scale == pytest.approx(3 * embedding_std(factworld, subject_tokens))
     assert res.extra["noise_scale"] == pytest.approx(noise.scale)
@@ -206,3 +211,35 @@ def test_patch_result_json_round_trip(factworld, setup):
     back = PatchResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert back == res and back.scores() == res.scores()
     assert back.top(1)[0][0] in res.labels
+
+
+@pytest.mark.parametrize("window", [10, 2, 1])
+def test_rome_trace_matches_full_forward_reference(factworld, setup, window):
+    """ROME's window restoration at the last subject token equals one noised full forward per (layer, draw)."""
+    b = setup.batch
+    args = (b.input_ids, b.attention_mask, b.subject_start, b.subject_last, setup.answer_ids)
+    res = rome_trace(factworld, *args, window=window, n_samples=2, seed=7)
+    noise = gaussian_noise(factworld, b.input_ids, b.subject_start, b.subject_last)
+    slow = rome_trace_reference(factworld, b.input_ids, b.attention_mask, [noise_seed(7, k) for k in range(2)], noise,
+                                setup.answer_ids, b.subject_last, window=window)
+    assert res.labels == [f"mlp.{i}" for i in range(4)]
+    assert max(abs(x - y) for x, y in zip(res.values, slow, strict=True)) < TOL
+    assert res.clean > res.corrupt
+    if window == 10:  # every layer's window covers the whole 4-layer model: each restores all MLPs at that token
+        assert max(res.values) - min(res.values) < 1e-6
+
+
+def test_rome_window_is_romes():
+    """ROME: range(max(0, L - w // 2), min(n, L - (-w // 2))) — window 10 restores L-5 .. L+4."""
+    assert list(window_layers(12, 30, 10)) == list(range(7, 17))
+    assert list(window_layers(0, 30, 10)) == list(range(0, 5))
+    assert list(window_layers(29, 30, 10)) == list(range(24, 30))
+    assert list(window_layers(3, 30, 1)) == [3]
+    with pytest.raises(ValueError, match="window"):
+        window_layers(3, 30, 0)
+
+
+def test_noise_draws_are_independent_across_seeds():
+    """Draw k of seed s never equals a draw of another seed (the old seed + k scheme shared draws)."""
+    seeds = {noise_seed(s, k) for s in range(5) for k in range(20)}
+    assert len(seeds) == 100

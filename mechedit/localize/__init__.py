@@ -17,6 +17,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "probe": ("mechedit.localize.probe", "localize_probe"),
     "path": ("mechedit.localize.path", "localize_path"),
     "causal-tracing": ("mechedit.localize.baselines", "localize_causal_tracing"),
+    "causal-tracing-mlp": ("mechedit.localize.baselines", "localize_causal_tracing_mlp"),
     "attribution": ("mechedit.localize.baselines", "localize_attribution"),
     "random": ("mechedit.localize.baselines", "localize_random"),
     "all-mlps": ("mechedit.localize.baselines", "localize_all_mlps"),

@@ -1,19 +1,22 @@
-"""Baseline localizers: causal tracing, attribution patching, random, all MLPs, and no localization.
+"""Baseline localizers: causal tracing (ROME's and a whole-MLP variant), attribution, random, all MLPs, none.
 
-Ranking-based ones (``causal-tracing``, ``attribution``, ``random``) are cut to ``budget`` (a parameter
-count, e.g. the probe or path localizer's ``n_params``) with ``mechedit.localize.localization.cut_to_budget`` when
-one is given; without a budget ``causal-tracing`` and ``attribution`` keep components scoring at least
-``fraction`` × the best score. Inputs (facts, corruption, metric) are those of
-``mechedit.localize.patch_setup``.
+Ranking-based ones (``causal-tracing``, ``causal-tracing-mlp``, ``attribution``, ``random``) are matched to
+``budget`` (a parameter count, e.g. the probe or path localizer's ``n_params``) within ±10 % with
+``mechedit.localize.localization.fit_budget`` when one is given, and record how close they came in
+``extra["budget"]``; without a budget the scoring ones keep components scoring at least ``fraction`` × the best
+score. Inputs (facts, corruption, metric) are those of ``mechedit.localize.patch_setup``.
 
-- ``causal-tracing`` (ROME): Gaussian noise (std 3 × std of the subject tokens' embeddings) on the subject
-  tokens, each MLP (and head with ``include_heads``) restored to its clean value at ``positions`` ("all"
-  columns, or the "subject_last" token as in ROME's MLP traces); score = indirect effect on the true answer's
-  probability normalized by the clean-vs-corrupt gap, averaged over ``n_samples`` noise draws.
+- ``causal-tracing`` (ROME, Meng et al. 2022, ``calculate_hidden_flow`` with ``kind="mlp"``): Gaussian noise
+  (std 3 × std of the subject tokens' embeddings) on the subject tokens; for each layer L the clean MLP outputs
+  of a window of layers around L (ROME's ``L - w//2 .. L + ceil(w/2) - 1``; w = 10, at most a third of the
+  depth) are restored at the last subject token; score = indirect effect on the true answer's probability
+  normalized by the clean-vs-corrupt gap, averaged over ``n_samples`` (10, as ROME) independent noise draws.
+- ``causal-tracing-mlp``: each MLP (and head with ``include_heads``) restored alone, at every column or at the
+  last subject token; coarser and cheaper.
 - ``attribution``: attribution patching (gradient × activation difference, noising: gradient at the clean
   run) of every MLP (and head) on the logit-difference metric under subject swapping; score = estimated
   normalized effect.
-- ``random``: a seeded random order of the MLPs (and heads with ``include_heads``) cut to ``budget``;
+- ``random``: a seeded random order of the MLPs (and heads with ``include_heads``) matched to ``budget``;
   without a budget, ``n`` MLPs (default a quarter of the layers, at least one).
 - ``all-mlps``: every MLP (``budget`` is ignored and recorded in ``extra``).
 - ``nonlocalized``: every MLP and every whole attention layer — all weights except the embeddings,
@@ -29,10 +32,18 @@ import torch
 
 from mechedit.components import MLP, Attn, all_components, model_shape
 from mechedit.facts import FactSet
-from mechedit.localize.localization import Localization, cut_to_budget, make_localization
+from mechedit.localize.localization import Localization, budget_rule, fit_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, patch_setup, pick
 from patching.attribution import attribution_patch
-from patching.tracing import causal_trace
+from patching.tracing import causal_trace, rome_trace
+
+CAUSAL_TRACING_SAMPLES = 10  # noise draws; ROME uses 10 (see README for the stability measurement)
+
+
+def default_window(n_layers: int) -> int:
+    """ROME's window of 10 layers, at most a third of the depth: on a 4-layer model 10 would restore every
+    MLP for every layer and all layers would tie."""
+    return min(10, max(1, n_layers // 3))
 
 
 def _kinds(include_heads: bool) -> str:
@@ -41,10 +52,32 @@ def _kinds(include_heads: bool) -> str:
 
 def localize_causal_tracing(
     model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
-    max_facts: int | None = 64, n_samples: int = 3, positions: Literal["all", "subject_last"] = "all",
-    include_heads: bool = False, fraction: float = 0.5, max_rows: int | None = None,
+    max_facts: int | None = 64, n_samples: int = CAUSAL_TRACING_SAMPLES, window: int | None = None,
+    fraction: float = 0.5,
 ) -> Localization:
-    """Rank MLPs (and heads) by ROME's causal-tracing indirect effect under subject noise."""
+    """Rank MLPs by ROME's causal trace: restore a window of clean MLP states at the last subject token."""
+    if window is None:
+        window = default_window(model_shape(model).n_layers)
+    setup = patch_setup(model, facts, corruption="noise", max_facts=max_facts, seed=seed)
+    b = setup.batch
+    res = rome_trace(model, b.input_ids, b.attention_mask, b.subject_start, b.subject_last, setup.answer_ids,
+                     window=window, n_samples=n_samples, seed=seed, progress=progress)
+    scores = res.scores()
+    chosen, rule = pick(model, scores, res.labels, fraction=fraction, budget=budget)
+    extra = {"rule": rule, "token": "subject_last", "window": window, "n_samples": n_samples,
+             "clean_prob": res.clean, "corrupt_prob": res.corrupt, "noise_scale": res.extra["noise_scale"],
+             "n_facts": len(setup.facts),
+             "indirect_effects": dict(zip(res.labels, res.extra["indirect_effects"], strict=True))}
+    return make_localization(model, "causal-tracing", chosen, scores, budget=budget, extra=extra)
+
+
+def localize_causal_tracing_mlp(
+    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    max_facts: int | None = 64, n_samples: int = CAUSAL_TRACING_SAMPLES,
+    positions: Literal["all", "subject_last"] = "all", include_heads: bool = False, fraction: float = 0.5,
+    max_rows: int | None = None,
+) -> Localization:
+    """Rank whole MLPs (and heads) by the indirect effect of restoring each one alone under subject noise."""
     if positions not in ("all", "subject_last"):
         raise ValueError(f"positions must be 'all' or 'subject_last', got {positions!r}")
     setup = patch_setup(model, facts, corruption="noise", max_facts=max_facts, seed=seed)
@@ -61,7 +94,7 @@ def localize_causal_tracing(
     extra = {"rule": rule, "positions": positions, "n_samples": n_samples, "clean_prob": res.clean,
              "corrupt_prob": res.corrupt, "noise_scale": res.extra["noise_scale"], "n_facts": len(setup.facts),
              "indirect_effects": dict(zip(res.labels, res.extra["indirect_effects"], strict=True))}
-    return make_localization(model, "causal-tracing", chosen, scores, extra=extra)
+    return make_localization(model, "causal-tracing-mlp", chosen, scores, budget=budget, extra=extra)
 
 
 def localize_attribution(
@@ -77,7 +110,7 @@ def localize_attribution(
     scores = res.scores()
     chosen, rule = pick(model, scores, res.labels, fraction=fraction, budget=budget)
     extra = {"rule": rule, "clean_logit_diff": res.clean, "corrupt_logit_diff": res.corrupt, **setup.notes}
-    return make_localization(model, "attribution", chosen, scores, extra=extra)
+    return make_localization(model, "attribution", chosen, scores, budget=budget, extra=extra)
 
 
 def localize_random(
@@ -89,10 +122,10 @@ def localize_random(
     order = list(pool)
     random.Random(f"random-localizer-{seed}").shuffle(order)
     if budget is not None:
-        chosen = cut_to_budget(model, order, budget)
+        chosen, rec = fit_budget(model, order, budget)
         if not chosen:
             raise ValueError(f"budget {budget:,} parameters is smaller than any single component")
-        rule = f"seeded random order cut to a budget of {budget:,} parameters"
+        rule = budget_rule("seeded random order", rec)
     else:
         k = n if n is not None else max(1, round(model_shape(model).n_layers / 4))
         mlps = [c for c in order if isinstance(c, MLP)]
@@ -101,7 +134,7 @@ def localize_random(
         chosen = mlps[:k]
         rule = f"{k} seeded random MLPs"
     scores = {str(c): float(len(order) - i) for i, c in enumerate(order)}  # the random rank, best = highest
-    return make_localization(model, "random", chosen, scores, extra={"rule": rule, "seed": seed})
+    return make_localization(model, "random", chosen, scores, budget=budget, extra={"rule": rule, "seed": seed})
 
 
 def localize_all_mlps(model, facts: FactSet, *, seed: int = 0, budget: int | None = None,

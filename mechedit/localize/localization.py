@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,14 +93,56 @@ class Localization:
 
 
 def make_localization(model, method: str, components: Sequence[Component], scores: dict[str, float] | None = None,
-                      **kw) -> Localization:
-    """Build a Localization, counting the chosen components' parameters on ``model``."""
+                      budget: int | None = None, **kw) -> Localization:
+    """Build a Localization, counting the chosen components' parameters on ``model``; with ``budget``, how close
+    the count came to it is recorded in ``extra["budget"]``."""
     from mechedit.models import fingerprint
 
     comps = list(dict.fromkeys(components))
     loc = Localization(method, comps, dict(scores or {}), n_params(model, comps), **kw)
     loc.extra.setdefault("model_fingerprint", fingerprint(model))  # lets a reader refuse it for another model
+    if budget is not None:
+        loc.extra["budget"] = budget_record(budget, loc.n_params)
     return loc
+
+
+BUDGET_TOLERANCE = 0.10  # a matched budget is met when the parameter count is within ±10 % of the target
+
+
+def fit_budget(model, ranked: Sequence[Component], budget: int) -> tuple[list[Component], dict]:
+    """Components in rank order matched to ``budget`` parameters within ±10 %, and a record of how close it came.
+
+    First the ranking is cut from below (``cut_to_budget``); if that stays under 90 % of the budget, the
+    best-ranked remaining component that keeps the total within +10 % is added. The record
+    (``target``, ``achieved``, ``ratio``, ``within_tolerance``) goes into the Localization's ``extra["budget"]``;
+    a budget the components are too coarse to meet is warned about, never hidden.
+    """
+    chosen = cut_to_budget(model, ranked, budget)
+    if n_params(model, chosen) < (1 - BUDGET_TOLERANCE) * budget:
+        for c in ranked:
+            if c not in chosen and n_params(model, chosen + [c]) <= (1 + BUDGET_TOLERANCE) * budget:
+                chosen.append(c)
+                break
+    record = budget_record(budget, n_params(model, chosen))
+    achieved, ratio = record["achieved"], record["ratio"]
+    if chosen and not record["within_tolerance"]:
+        warnings.warn(f"matched budget not met: {achieved:,} parameters for a budget of {budget:,} "
+                      f"(ratio {ratio:.2f}); the components are too coarse for ±{BUDGET_TOLERANCE:.0%}", stacklevel=2)
+    return chosen, record
+
+
+def budget_record(target: int, achieved: int) -> dict:
+    """How close a parameter count came to a budget: target, achieved, ratio and whether it is within ±10 %."""
+    ratio = achieved / target if target else float("nan")
+    return {"target": int(target), "achieved": int(achieved), "ratio": ratio,
+            "within_tolerance": bool(abs(ratio - 1) <= BUDGET_TOLERANCE)}
+
+
+def budget_rule(order: str, record: dict) -> str:
+    """The rule text of a budget-matched choice, e.g. 'ranked by score, matched to a budget of 98,304 parameters
+    (achieved 98,304, ratio 1.00)'."""
+    return (f"{order}, matched to a budget of {record['target']:,} parameters (achieved {record['achieved']:,}, "
+            f"ratio {record['ratio']:.2f})")
 
 
 def cut_to_budget(model, ranked: Sequence[Component], budget: int) -> list[Component]:

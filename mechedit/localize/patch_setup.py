@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mechedit.components import Component, parse_component
 from mechedit.facts import FactError, FactSet
-from mechedit.localize.localization import cut_to_budget
+from mechedit.localize.localization import budget_rule, fit_budget
 from mechedit.scoring import encode_items, last_logits, render_items
 from mechedit.tokens import PromptBatch
 from patching.corrupt import Corruption, gaussian_noise, random_subject_tokens, subject_mask, swap_subjects
@@ -116,11 +116,11 @@ def ranked_components(scores: dict[str, float], labels: Sequence[str]) -> list[C
 
 def pick(model, scores: dict[str, float], labels: Sequence[str], *, fraction: float, budget: int | None,
          max_k: int | None = None) -> tuple[list[Component], str]:
-    """Chosen components and the rule used: the fraction rule, or (with ``budget``) the ranking cut to it."""
+    """Chosen components and the rule used: the fraction rule, or (with ``budget``) the ranking matched to it."""
     if budget is not None:
-        chosen = cut_to_budget(model, ranked_components(scores, labels), budget)
+        chosen, rec = fit_budget(model, ranked_components(scores, labels), budget)
         if not chosen:
             raise ValueError(f"budget {budget:,} parameters is smaller than any single candidate component")
-        return chosen, f"ranked by score, cut to a budget of {budget:,} parameters"
+        return chosen, budget_rule("ranked by score", rec)
     chosen = [parse_component(k) for k in choose_by_fraction(scores, labels, fraction, max_k)]
     return chosen, f"score >= {fraction} x best score" + (f", at most {max_k}" if max_k else "")

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from mechedit.components import model_shape
 from mechedit.facts import FactSet
-from mechedit.localize.localization import Localization, cut_to_budget, make_localization
+from mechedit.localize.localization import Localization, budget_rule, fit_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, choose_by_fraction, patch_setup, pick
 from patching.path import path_patch
 
@@ -50,11 +50,15 @@ def localize_path(
         from mechedit.components import parse_component
 
         head_comps = [parse_component(h) for h in extraction]
-        chosen = cut_to_budget(model, chosen + head_comps, budget) if budget is not None else chosen + head_comps
+        if budget is not None:
+            chosen, rec = fit_budget(model, chosen + head_comps, budget)
+            rule = budget_rule("MLPs by path score, then the extraction heads", rec)
+        else:
+            chosen = chosen + head_comps
     extra = {
         "extraction_heads": extraction, "rule": rule, "head_fraction": head_fraction, "max_heads": max_heads,
         "mlp_fraction": mlp_fraction, "receiver_inputs": list(receiver_inputs), "include_heads": include_heads,
         "clean_logit_diff": heads.clean, "corrupt_logit_diff": heads.corrupt, "n_layers": model_shape(model).n_layers,
         "n_heads": model_shape(model).n_heads, **setup.notes,
     }
-    return make_localization(model, "path", chosen, {**head_scores, **mlp_scores}, extra=extra)
+    return make_localization(model, "path", chosen, {**head_scores, **mlp_scores}, budget=budget, extra=extra)
