@@ -30,7 +30,7 @@ from mechedit.evaluate.copying import clone_model
 from mechedit.evaluate.latent import LatentProbes, latent_probes
 from mechedit.evaluate.relearn import RelearnConfig, RelearnResult, relearn_attack
 from mechedit.evaluate.verdict import Verdict, VerdictRule, decide
-from mechedit.facts import FactSet
+from mechedit.facts import FactError, FactSet
 from mechedit.models import fingerprint, model_info
 from mechedit.stats import chance_accuracy
 
@@ -76,7 +76,15 @@ class Evaluation:
         out["verdict"] = None if self.verdict is None else self.verdict.verdict
         out["n_params_trained"] = self.n_params_trained
         out.update({k: getattr(b, k) for k in PROB_KEYS})
-        out["relearn_recovery"] = None if self.relearn is None else self.relearn.recovery
+        r = self.relearn
+        out["relearn_recovery"] = None if r is None else r.recovery  # above the prior-only control
+        out["relearn_recovery_ci"] = None if r is None else r.recovery_ci
+        out["relearn_recovery_uniform"] = None if r is None else r.recovery_uniform
+        out["relearn_control_accuracy"] = None if r is None else r.control_relearn_accuracy
+        out["relearn_maintain_accuracy"] = None if r is None else r.maintain_accuracy  # per step of the attack
+        out["relearn_steps"] = None if r is None else r.steps
+        out["relearn_mode"] = None if r is None else r.config.get("mode")
+        out["relearn_config"] = None if r is None else r.config
         out["cka_min"] = None if self.diagnostics is None else float(min(self.diagnostics.cka))
         out["verdict_reason"] = None if self.verdict is None else "; ".join(self.verdict.reasons)
         out["maintain_accuracy_train"] = b.maintain_accuracy_train  # the editor's retain facts (training set)
@@ -225,9 +233,14 @@ def evaluate(
                            progress=progress)
         ev.fluency_kl = ev.fluency["heldout"]
         ev.meta["fluency_text"] = ev.fluency["source"]
+    relearned = None
     if relearn:
-        ev.relearn = timed("relearn", relearn_attack, edited, facts, relearn_config, original=original, seed=seed,
-                           keep_model=diagnostics, progress=progress)
+        try:
+            out = timed("relearn", relearn_attack, edited, facts, relearn_config, original=original, seed=seed,
+                        keep_model=diagnostics, progress=progress)
+            ev.relearn, relearned = out if diagnostics else (out, None)
+        except FactError as e:  # too few forget facts to split: the signal is null, the evaluation goes on
+            ev.meta["relearn_note"] = str(e)
     if latent and original is not None:
         ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
                            train_facts=latent_train)
@@ -235,9 +248,8 @@ def evaluate(
         from mechedit.evaluate.diagnostics import diagnose
 
         ev.diagnostics = timed("diagnostics", diagnose, original, edited, facts.forget_set(),
-                               relearned=None if ev.relearn is None else ev.relearn.model, progress=progress)
-    if ev.relearn is not None:
-        ev.relearn.model = None  # free the relearned copy
+                               relearned=relearned, progress=progress)
+    relearned = None  # free the relearned copy
     ev.verdict = verdict_of(ev, facts, rule)
     ev.n_params_trained = None if edit is None else int(edit.n_params_trained)
     ev.meta.update({

@@ -13,8 +13,8 @@ behaviour         forget-set true-answer accuracy as a share of the original's a
                   training prompt, the paraphrases and the multiple-choice prompt (each
                   with its own chance: 1 / candidates, 1 / options); the deciding format
                   is named in the signal's detail
-relearning        recovery of the held-out half after the relearning attack                ``>= 0.5``
-                  (``mechedit.evaluate.relearn``; same chance-normalized scale)
+relearning        recovery of the held-out half after the relearning attack, above its      ``>= 0.5``
+                  prior-only control (``mechedit.evaluate.relearn``): (attack − control) / (original − control)
 latent probes     best (over layers, positions, original and fresh probes) true-answer     ``>= 0.5``
                   accuracy on the edited model, as a share of the original model's best
                   above chance: (best_after − chance) / (best_before − chance); chance =
@@ -121,7 +121,7 @@ def decide(
          "chance": chance, "formats": per_format, "deciding_format": deciding},
         f"true answer still given ({deciding or 'prompt'}; share of the original above chance, largest over "
         f"{', '.join(k for k, v in per_format.items() if v['normalized'] is not None) or 'no format'})")
-    add("relearning", relearn_recovery, rule.relearn, {}, "held-out recovery after relearning")
+    add("relearning", relearn_recovery, rule.relearn, {}, "held-out recovery above the prior-only control")
     lat_chance = latent_chance if latent_chance is not None else chance
     lat = normalized(latent_after, lat_chance, latent_before)
     weak = latent_before is not None and latent_before - lat_chance < rule.latent_margin
