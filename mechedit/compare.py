@@ -62,6 +62,7 @@ class CompareSettings:
     lr: float | None = None
     relearn: bool = True
     relearn_steps: int | None = None  # relearning-attack steps (None: RelearnConfig default, 20)
+    relearn_mode: str = "lora"  # relearning attack: lora (adapter) or full fine-tune
     latent: bool = True
     diagnostics: bool = False
 
@@ -130,7 +131,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
     edit_kw = {k: v for k, v in (("steps", settings.steps), ("lr", settings.lr)) if v is not None}
     runs: list[MethodRun] = []
     bar = tqdm(total=settings.seeds * len(methods), desc="compare", disable=not progress)
-    relearn_cfg = RelearnConfig() if settings.relearn_steps is None else RelearnConfig(steps=settings.relearn_steps)
+    relearn_cfg = RelearnConfig(mode=settings.relearn_mode, **({} if settings.relearn_steps is None
+                                                                else {"steps": settings.relearn_steps}))
     for seed in range(settings.seeds):
         fs = run_facts(pool, settings, seed)
         budget = None

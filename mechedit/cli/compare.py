@@ -65,6 +65,10 @@ def check_settings(settings, out: Path, force: bool) -> None:
                           ("--max-maintain", settings.max_maintain), ("--steps", settings.steps),
                           ("--relearn-steps", settings.relearn_steps)):
         check_count(option, value)
+    from mechedit.evaluate.relearn import MODES
+
+    if settings.relearn_mode not in MODES:
+        raise ValueError(f"--relearn-mode: unknown mode {settings.relearn_mode!r}; choose from {', '.join(MODES)}")
     check_output(out, "--out", force, kind="dir")
     read_facts(settings.facts)
 
@@ -98,6 +102,7 @@ def compare(
     steps: int | None = typer.Option(None, "--steps", help="edit steps (default: EditConfig's)"),
     relearn: bool = typer.Option(True, "--relearn/--no-relearn"),
     relearn_steps: int | None = typer.Option(None, "--relearn-steps", help="relearning-attack steps (default 20)"),
+    relearn_mode: str = typer.Option("lora", "--relearn-mode", help="relearning attack: lora (adapter) or full"),
     max_maintain: int = typer.Option(64, "--max-maintain", help="maintain facts per run (seeded sample)"),
     diagnostics: bool = typer.Option(False, "--diagnostics/--no-diagnostics", help="PCA/CKA/Fisher per layer"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
@@ -110,7 +115,8 @@ def compare(
         names = [m.strip() for m in methods.split(",") if m.strip()]
         settings = CompareSettings(model=model, facts=facts, methods=names,
                                    objective=objective, n_facts=n_facts, seeds=seeds, relation=relation, steps=steps,
-                                   relearn=relearn, relearn_steps=relearn_steps, max_maintain=max_maintain,
+                                   relearn=relearn, relearn_steps=relearn_steps, relearn_mode=relearn_mode,
+                                   max_maintain=max_maintain,
                                    diagnostics=diagnostics)
         check_settings(settings, out, force)
         run_and_report(settings, out, force)

@@ -107,11 +107,12 @@ def evaluate(
     edit: Path | None = typer.Option(None, "--edit", help="edit directory written by `mechedit edit` (MODEL is "
                                                           "its base model); without it MODEL itself is scored"),
     out: Path = typer.Option(..., "--out", help="where to write metrics.json"),
-    relearn: bool = typer.Option(False, "--relearn", help="run the relearning attack (full fine-tune of a copy)"),
+    relearn: bool = typer.Option(False, "--relearn", help="run the relearning attack and its control (on copies)"),
     diagnostics: bool = typer.Option(False, "--diagnostics", help="PCA / CKA / Fisher per layer"),
     latent: bool = typer.Option(True, "--latent/--no-latent", help="latent-probe verification"),
     relearn_steps: int = typer.Option(20, "--relearn-steps"),
-    relearn_lr: float = typer.Option(1e-3, "--relearn-lr"),
+    relearn_lr: float | None = typer.Option(None, "--relearn-lr", help="default: 3e-3 (lora), 1e-3 (full)"),
+    relearn_mode: str = typer.Option("lora", "--relearn-mode", help="lora (adapter, as in Guo et al.) or full"),
     max_maintain: int = typer.Option(256, "--max-maintain", help="maintain facts scored (seeded sample)"),
     n_forget: int = typer.Option(16, "--n-forget", help="facts to mark when neither FACTS nor the edit marks any"),
     known_only: bool = typer.Option(True, "--known-only/--all-facts", help="sample only facts the model knows"),
@@ -131,6 +132,7 @@ def evaluate(
     with user_errors():
         check_count("--relearn-steps", relearn_steps)
         check_rate("--relearn-lr", relearn_lr)
+        relearn_config = RelearnConfig(steps=relearn_steps, lr=relearn_lr, mode=relearn_mode)
         check_count("--max-maintain", max_maintain)
         check_count("--n-forget", n_forget)
         check_output(out, "--out", force)
@@ -149,7 +151,7 @@ def evaluate(
                                    known_only, recorded=result.extra.get("changed_facts") if result else None,
                                    override=facts_override, fs=fs0)
             ev = run_evaluate(m, fs, edit=result, seed=seed, relearn=relearn,
-                              relearn_config=RelearnConfig(steps=relearn_steps, lr=relearn_lr), latent=latent,
+                              relearn_config=relearn_config, latent=latent,
                               diagnostics=diagnostics, max_maintain=max_maintain)
         except EditError as exc:  # one red line, like every other user-facing error
             raise ValueError(str(exc)) from None
@@ -176,7 +178,8 @@ def evaluate(
             table.add_row(key, _fmt(metrics[key]), _fmt(getattr(orig, key)) if orig else "")
         table.add_row("maintain_accuracy_train (editor's retain facts)", _fmt(metrics["maintain_accuracy_train"]),
                       _fmt(orig.maintain_accuracy_train) if orig else "")
-        for key in ("fluency_kl", "fluency_kl_train", "relearn_accuracy", "relearn_recovery", "cka_min",
+        for key in ("fluency_kl", "fluency_kl_train", "relearn_accuracy", "relearn_control_accuracy",
+                    "relearn_recovery", "relearn_recovery_uniform", "cka_min",
                     "n_params_trained"):
             table.add_row(key, _fmt(metrics[key]), "")
         if ev.latent is not None:
