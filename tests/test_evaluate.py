@@ -79,8 +79,11 @@ def test_relearning_trains_toward_the_true_answers(factworld, edit_facts, small_
     assert fingerprint(edited) == fp  # the attack ran on a copy
     assert r.steps == [0, 5, 10] and r.n_trained == 8 and r.n_heldout == 8
     assert r.trained_accuracy[0] <= 0.25 and r.trained_accuracy[-1] >= 0.75  # true answers of the trained half
-    assert r.original_heldout_accuracy == 1.0 and 0.0 <= r.recovery <= 1.0
+    assert r.original_heldout_accuracy == 1.0 and 0.0 <= r.recovery_uniform <= 1.0
     assert r.chance == pytest.approx(0.25)
+    assert r.config["mode"] == "lora" and r.config["rank"] == 8 and r.config["lr"] == 3e-3
+    assert len(r.control_accuracy) == len(r.steps) == len(r.maintain_accuracy) and r.n_maintain_tracked > 0
+    assert r.recovery is not None and r.recovery_ci["low"] <= r.recovery <= r.recovery_ci["high"]
 
 
 def test_verdict_rule():
@@ -138,7 +141,7 @@ def test_bad_input(factworld, sport_facts, edit_facts, small_edit):
     with pytest.raises(EditError, match="fingerprint"):
         evaluate(other, edit_facts, edit=small_edit, progress=False)
     one = sport_facts.mark_forget(1, seed=0, with_targets=False)
-    with pytest.raises(FactError, match="at least 2 forget facts"):
+    with pytest.raises(FactError, match="at least 4 forget facts"):
         relearn_attack(factworld, one, progress=False)
     with pytest.raises(FactError, match="no facts marked"):
         score_behaviour(factworld, sport_facts, progress=False)
@@ -229,3 +232,67 @@ def test_localized_vs_nonlocalized_with_the_same_objective_steps_and_lr(factworl
     assert max(local.latent_probe_accuracy) >= max(full.latent_probe_accuracy)  # not more robust than nonlocalized
     assert local.metrics["maintain_accuracy"] >= 0.9 and full.metrics["maintain_accuracy"] >= 0.9  # held-out half
     assert local.fluency_kl < full.fluency_kl
+
+
+def _dominant_sport_facts(sport_facts, share: float = 0.8, n: int = 16):
+    """Sport facts whose forget half is ~``share`` one sport (interleaved so both halves are alike), rest maintain."""
+    by = {}
+    for f in sport_facts:
+        by.setdefault(f.answer, []).append(f)
+    top = max(by, key=lambda a: len(by[a]))
+    n_top = round(share * n)
+    others = [f for a, fs in by.items() if a != top for f in fs]
+    forget = by[top][:n_top] + others[: n - n_top]
+    order = [forget[i] for i in range(0, n, 2)] + [forget[i] for i in range(1, n, 2)]  # halves share the mix
+    chosen = {id(f) for f in forget}
+    rest = [f for f in sport_facts if id(f) not in chosen][:48]
+    marked = [replace(f, forget=True) for f in order]
+    return sport_facts.subset(marked + rest), top
+
+
+def test_relearn_control_catches_a_dominant_answer(factworld, sport_facts):
+    """Planted: 80 % of the forget facts (both halves) share one sport, suppressed together by an NPO edit of all
+    MLPs. Training toward the trained half re-teaches that common answer, which lifts the held-out half whether or
+    not anything was remembered; the prior-only control (trained answers shuffled) gets that lift too, so the
+    control-based recovery must stay below the verdict's 0.5. Threshold set before the run, not tuned. Measured on
+    the first run: held-out 0.375 after the attack, 0.5 after the control, recovery -0.25 (the raw lift was smaller
+    than planned, so the test does not also claim that the uniform-chance recovery is fooled). The LoRA attack
+    leaves the caller's model bit-identical."""
+    from mechedit.components import MLP, model_shape
+    from mechedit.edit import EditConfig, edit
+    from mechedit.localize.localization import make_localization
+
+    facts, top = _dominant_sport_facts(sport_facts)
+    edited = clone_model(factworld)
+    loc = make_localization(factworld, "all-mlps", [MLP(i) for i in range(model_shape(factworld).n_layers)])
+    edit(edited, facts, loc, "npo", EditConfig(steps=15, lr=1e-3, retain_pool=32, fluency_weight=0.0),
+         progress=False)
+    fp = fingerprint(edited)
+    r, relearned = relearn_attack(edited, facts, RelearnConfig(steps=20), original=factworld, keep_model=True,
+                                  progress=False)
+    assert fingerprint(edited) == fp and fingerprint(relearned) != fp  # the attack trained a copy only
+    assert r.config["mode"] == "lora" and r.n_trainable < sum(p.numel() for p in hf_parameters(edited).values())
+    assert r.trained_accuracy[-1] >= 0.75  # the attack did learn its training facts
+    assert r.recovery is not None and r.recovery < 0.5  # the held-out lift is no more than the prior's
+
+
+def test_too_few_forget_facts_make_relearning_null_not_fatal(factworld, sport_facts):
+    """Three forget facts cannot be split into trained and held-out halves: null with a note, evaluation goes on."""
+    facts = sport_facts.mark_forget(3, seed=0, with_targets=False)
+    ev = evaluate(factworld, facts, relearn=True, latent=False, max_maintain=16, progress=False)
+    assert ev.relearn is None and "at least 4 forget facts" in ev.meta["relearn_note"]
+    assert ev.metrics["relearn_recovery"] is None and ev.verdict.signals["relearning"]["value"] is None
+    assert ev.metrics["forget_accuracy"] is not None
+
+
+def test_unknown_relearn_mode_is_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from mechedit.cli import app
+
+    with pytest.raises(ValueError, match="choose from lora, full"):
+        RelearnConfig(mode="bogus")
+    res = CliRunner().invoke(app, ["evaluate", "factworld", "factworld", "--relearn", "--relearn-mode", "bogus",
+                                   "--out", str(tmp_path / "m.json")])
+    assert res.exit_code != 0 and "--relearn-mode" in res.output and "lora, full" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "m.json").exists()
