@@ -23,6 +23,12 @@ def plot_relearning(ev) -> go.Figure:
                     line={"color": COLORS["after"]})
     fig.add_scatter(x=r["steps"], y=r["trained_accuracy"], name="trained half", mode="lines+markers",
                     line={"color": COLORS["fresh"], "dash": "dot"})
+    if r.get("control_accuracy"):
+        fig.add_scatter(x=r["steps"], y=r["control_accuracy"], name="held-out half, prior-only control",
+                        mode="lines+markers", line={"color": "grey"})
+    if r.get("maintain_accuracy"):
+        fig.add_scatter(x=r["steps"], y=r["maintain_accuracy"], name="maintain facts (not trained)",
+                        mode="lines+markers", line={"color": COLORS["new"], "dash": "dot"})
     fig.add_hline(y=r["chance"], line_dash="dash", line_color="grey", annotation_text="chance")
     if r.get("original_heldout_accuracy") is not None:
         fig.add_hline(y=r["original_heldout_accuracy"], line_dash="dot", line_color=COLORS["before"],
