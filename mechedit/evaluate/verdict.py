@@ -139,7 +139,7 @@ def decide(
     decisive = [signals[k] for k in ("relearning", "latent") if signals[k]["value"] is not None]
     if not decisive:
         verdict = None
-        reasons.append("neither the relearning attack nor latent probes were run: no verdict")
+        reasons.append("neither the relearning attack nor latent probes gave a value (not run, or null): no verdict")
     elif any(s["says"] == "suppressed" for s in decisive) or signals["behaviour"]["says"] == "suppressed":
         verdict = "suppressed"
     else:
