@@ -198,9 +198,12 @@ def test_cli_evaluate_and_wrong_model(edit_facts, small_edit, tmp_path):
 
 
 def test_nonlocalized_ga_is_suppressed_and_fact_lookup_edit_is_removed(factworld, sport_facts):
-    """The paper's contrast on factworld v2 (measured: GA verdict 'suppressed', maintain 0.28, latent best 0.44;
-    log1-p on the probe's MLPs 0-1 'removed', maintain 1.00, latent at chance). Relearning recovers nothing for
-    either here (0.0 both), so it cannot order them; the latent probes do."""
+    """The paper's contrast on factworld v2 (measured: GA maintain 0.28, latent curve best 0.44; log1-p on the
+    probe's MLPs 0-1 'removed', maintain 1.00, latent at chance). Relearning recovers nothing for either here (0.0
+    both). GA's verdict was 'suppressed' only through the best of 16 probe readouts (a probe refitted on the
+    wrecked model, subject token, layer 3: 0.69 against chance 0.38); the probe chosen on held-out maintain facts
+    (last token, layer 3) reads 0.19 [0.00, 0.38], so the latent signal no longer says so and GA's verdict is not
+    asserted here: what separates the arms is the collateral damage and the latent curve."""
     from mechedit.edit import EditConfig, edit
     from mechedit.localize import localize
     from mechedit.localize.localization import make_localization
@@ -215,7 +218,7 @@ def test_nonlocalized_ga_is_suppressed_and_fact_lookup_edit_is_removed(factworld
         return ev
 
     ga = run(localize(factworld, facts, "nonlocalized", progress=False), "ga", EditConfig(steps=12, warmup=2))
-    assert ga.metrics["verdict"] == "suppressed"
+    assert ga.metrics["maintain_accuracy"] <= 0.5  # GA wrecks the model
     probe = localize(factworld, facts, "probe", progress=False)
     mlp = run(make_localization(factworld, "probe-mlps", probe.mlps), "log1-p", EditConfig(steps=40, lr=3e-3))
     assert mlp.metrics["verdict"] == "removed" and mlp.metrics["maintain_accuracy"] >= 0.9

@@ -132,6 +132,12 @@ def decide(
     elif latent_detail:
         detail.update(latent_detail)
     add("latent", lat, rule.latent, detail, what)
+    fresh = None if sel is None else sel.get("fresh_after")
+    fresh_norm = normalized(fresh, lat_chance, latent_before)
+    if lat is not None and lat < rule.latent and fresh_norm is not None and fresh_norm >= rule.latent:
+        reasons.append(f"note: a probe refitted on the edited model's maintain facts decodes {fresh:.2f} of the "
+                       f"forget facts at the same position and layer (normalized {fresh_norm:.2f}): the answer may "
+                       "have moved rather than gone (reported, not decided on)")
     q_ed = None if sel is None else sel.get("quality_on_edited")
     if lat is not None and q_ed is not None and q_ed - sel["quality_chance"] < rule.latent_margin:
         reasons.append(f"note: the selected probe reads only {q_ed:.2f} of the edited model's held-out maintain "
