@@ -140,3 +140,30 @@ def test_too_few_maintain_facts_give_a_null_latent_signal_with_a_reason(factworl
     assert ev.verdict.signals["latent"]["says"] == "not measured"
     assert any("latent: not measured" in r for r in ev.verdict.reasons)
     assert m["forget_accuracy"] is not None
+
+
+def test_verdict_uses_the_selected_probe_and_its_held_out_quality():
+    """Constructed inputs: the margin rule reads the selected probe's held-out maintain quality (not the forget
+    facts), and the reason carries the selected layer, the 95 % interval and the untouched floor."""
+    from mechedit.evaluate import decide
+
+    def detail(quality):
+        sel = {"position": "last", "layer": 3, "quality": quality, "quality_chance": 0.25,
+               "after": {"mean": 0.3, "low": 0.1, "high": 0.5}, "before": {"mean": 1.0},
+               "fresh_after": 0.95, "quality_on_edited": 0.9}
+        return {"selected": sel, "untouched_floor": 1.0, "excluded_layers": [0, 1, 2], "reason": None}
+
+    common = dict(forget_accuracy=0.0, original_forget_accuracy=1.0, chance=0.25, latent_after=0.3,
+                  latent_before=1.0, latent_chance=0.25)
+    v = decide(**common, latent_detail=detail(0.9))
+    lat = v.signals["latent"]
+    assert v.verdict == "removed" and lat["value"] == pytest.approx(0.05 / 0.75)
+    assert lat["detail"]["normalized_ci"] == [0.0, pytest.approx(0.25 / 0.75)]
+    assert any("layer 3" in r and "floor 1.00" in r and "[0.10, 0.50]" in r for r in v.reasons)
+    assert any("moved rather than gone" in r for r in v.reasons)  # the refitted probe still decodes them
+    v = decide(**common, latent_detail=detail(0.4))  # held-out quality only 0.15 above chance
+    assert v.verdict is None and v.signals["latent"]["says"] == "not measured"
+    assert any("held-out maintain facts" in r and "not used" in r for r in v.reasons)
+    v = decide(**{**common, "latent_after": None, "latent_before": None},
+               latent_detail={"selected": None, "reason": "no forget fact could be probed: x"})
+    assert v.signals["latent"]["says"] == "not measured" and any("could be probed" in r for r in v.reasons)
