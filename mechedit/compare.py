@@ -103,6 +103,9 @@ def run_facts(pool: FactSet, settings: CompareSettings, seed: int) -> FactSet:
 
 
 def _latent_max(metrics: dict) -> float | None:
+    """The latent number the verdict uses (the selected probe's after-accuracy); the curve's best for old runs."""
+    if "latent_after" in metrics:
+        return metrics["latent_after"]
     curve = metrics.get("latent_probe_accuracy")
     return max(curve) if curve else None
 

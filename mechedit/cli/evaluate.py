@@ -182,9 +182,17 @@ def evaluate(
                     "relearn_recovery", "relearn_recovery_uniform", "cka_min",
                     "n_params_trained"):
             table.add_row(key, _fmt(metrics[key]), "")
-        if ev.latent is not None:
-            table.add_row("latent probe best (true answer)", _fmt(ev.latent.best("original_true")),
-                          _fmt(ev.latent.best("original_before")))
+        if ev.latent is not None and ev.latent.selected is not None:
+            sel = ev.latent.selected
+            kinds = "/".join(sorted(set(ev.latent.kind.values())))
+            table.add_row(f"latent probe, {sel['position']} layer {sel['layer']} ({kinds})",
+                          f"{_fmt(sel['after']['mean'])} [{_fmt(sel['after']['low'])}, {_fmt(sel['after']['high'])}]",
+                          _fmt(sel["before"]["mean"]))
+            if ev.latent.untouched_floor is not None:
+                table.add_row(f"latent untouched floor (layers {ev.latent.excluded_layers}, excluded)",
+                              "", _fmt(ev.latent.untouched_floor))
+        elif ev.latent is not None:
+            table.add_row("latent probes", "null", ev.latent.reason or "")
         console.print(table)
         console.print(f"facts: {source}")
         console.print(f"[bold]verdict: {metrics['verdict']}[/]")

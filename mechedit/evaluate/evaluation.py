@@ -61,7 +61,7 @@ class Evaluation:
     @property
     def latent_probe_accuracy(self) -> list[float] | None:
         """Per layer: original-model probes' true-answer accuracy on the edited facts (best of the two positions)."""
-        if self.latent is None:
+        if self.latent is None or self.latent.original_true is None:
             return None
         return [max(v) for v in zip(*self.latent.original_true.values(), strict=True)]
 
@@ -85,6 +85,7 @@ class Evaluation:
         out["relearn_steps"] = None if r is None else r.steps
         out["relearn_mode"] = None if r is None else r.config.get("mode")
         out["relearn_config"] = None if r is None else r.config
+        out.update(latent_summary(self.latent))
         out["cka_min"] = None if self.diagnostics is None else float(min(self.diagnostics.cka))
         out["verdict_reason"] = None if self.verdict is None else "; ".join(self.verdict.reasons)
         out["maintain_accuracy_train"] = b.maintain_accuracy_train  # the editor's retain facts (training set)
@@ -130,6 +131,21 @@ class Evaluation:
     def load(cls, path: str | Path) -> Evaluation:
         """Read metrics.json."""
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def latent_summary(lat: LatentProbes | None) -> dict:
+    """Flat latent keys: the selected probe's after/before accuracy (with 95 % CI), kind, floor, or the reason."""
+    sel = None if lat is None else lat.selected
+    ci = None if sel is None else [sel["after"]["low"], sel["after"]["high"]]
+    return {
+        "latent_kind": None if lat is None else (dict(lat.kind) or None),
+        "latent_selected": None if sel is None else {"position": sel["position"], "layer": sel["layer"]},
+        "latent_after": None if sel is None else sel["after"]["mean"], "latent_after_ci": ci,
+        "latent_before": None if sel is None else sel["before"]["mean"],
+        "latent_untouched_floor": None if lat is None else lat.untouched_floor,
+        "latent_excluded_layers": None if lat is None else lat.excluded_layers,
+        "latent_reason": "latent probes not run (disabled, or no original model)" if lat is None else lat.reason,
+    }
 
 
 def _jsonable(x):
@@ -242,8 +258,9 @@ def evaluate(
         except FactError as e:  # too few forget facts to split: the signal is null, the evaluation goes on
             ev.meta["relearn_note"] = str(e)
     if latent and original is not None:
+        first = None if edit is None else min((c.layer for c in edit.localization.components), default=None)
         ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
-                           train_facts=latent_train)
+                           train_facts=latent_train, first_edited_layer=first)
     if diagnostics and original is not None:
         from mechedit.evaluate.diagnostics import diagnose
 
@@ -294,20 +311,21 @@ def verdict_of(ev: Evaluation, facts: FactSet, rule: VerdictRule | None = None) 
     """Feed an evaluation's numbers to the verdict rule."""
     forget = facts.forget_set()
     chance = chance_accuracy([len(f.candidates) for f in forget])
-    lat_after = lat_before = lat_chance = None
-    if ev.latent is not None:
-        lat_after = ev.latent.best("original_true")
-        if ev.latent.fresh_true is not None:
-            lat_after = max(lat_after, ev.latent.best("fresh_true"))
-        lat_before, lat_chance = ev.latent.best("original_before"), ev.latent.chance
+    lat_after = lat_before = lat_chance = lat_detail = None
+    if ev.latent is not None:  # the probe chosen on held-out maintain facts, at or after the first edited layer
+        lat = ev.latent
+        lat_after, lat_before, lat_chance = lat.after, lat.before, lat.chance
+        lat_detail = {"selected": lat.selected, "kind": lat.kind, "untouched_floor": lat.untouched_floor,
+                      "excluded_layers": lat.excluded_layers, "first_edited_layer": lat.first_edited_layer,
+                      "reason": lat.reason}
     mean_cka = None if ev.diagnostics is None else float(np.mean(ev.diagnostics.cka))
     formats = behaviour_formats(ev, facts)
     return decide(
         forget_accuracy=ev.behaviour.forget_accuracy,
         original_forget_accuracy=None if ev.original_behaviour is None else ev.original_behaviour.forget_accuracy,
         chance=chance, relearn_recovery=None if ev.relearn is None else ev.relearn.recovery,
-        latent_after=lat_after, latent_before=lat_before, latent_chance=lat_chance, mean_cka=mean_cka, rule=rule,
-        formats=formats,
+        latent_after=lat_after, latent_before=lat_before, latent_chance=lat_chance, latent_detail=lat_detail,
+        mean_cka=mean_cka, rule=rule, formats=formats,
     )
 
 

@@ -15,12 +15,19 @@ behaviour         forget-set true-answer accuracy as a share of the original's a
                   is named in the signal's detail
 relearning        recovery of the held-out half after the relearning attack, above its      ``>= 0.5``
                   prior-only control (``mechedit.evaluate.relearn``): (attack − control) / (original − control)
-latent probes     best (over layers, positions, original and fresh probes) true-answer     ``>= 0.5``
-                  accuracy on the edited model, as a share of the original model's best
-                  above chance: (best_after − chance) / (best_before − chance); chance =
-                  best constant prediction (not measurable when all facts share an answer,
-                  nor when the original's best is less than ``latent_margin`` above chance:
-                  probes that barely decode the facts before the edit cannot show their loss)
+latent probes     true-answer accuracy of ONE probe of the original model — the position    ``>= 0.5``
+                  and layer with the best held-out quality on maintain facts among layers
+                  at or after the first edited layer — on the edited model's forget facts,
+                  as a share of the same probe's accuracy on the original model above
+                  chance: (after − chance) / (before − chance), reported with the bootstrap
+                  95 % interval of ``after`` over forget facts; chance = best constant
+                  prediction. Not measured when no probe could be trained (the reason is
+                  given), when all facts share an answer, or when the probe's held-out
+                  quality is less than ``latent_margin`` above its chance: probes that
+                  barely decode the facts before the edit cannot show their loss. Layers
+                  below the first edited layer are excluded (their maximum before-accuracy
+                  is reported as the untouched floor): there the edited model's residual
+                  stream is the original's, so they could only echo the before-accuracy
 drift             1 − mean linear CKA (original vs edited, forget prompts), informative:  not used alone
                   a suppression leaves representations almost unchanged (Xu et al.)
 ================  =====================================================================  ===============
@@ -92,8 +99,8 @@ def behaviour_signal(formats: Mapping[str, Mapping[str, float | None]]
 def decide(
     *, forget_accuracy: float | None, original_forget_accuracy: float | None, chance: float,
     relearn_recovery: float | None = None, latent_after: float | None = None, latent_before: float | None = None,
-    latent_chance: float | None = None, mean_cka: float | None = None, rule: VerdictRule | None = None,
-    formats: Mapping[str, Mapping[str, float | None]] | None = None,
+    latent_chance: float | None = None, latent_detail: dict | None = None, mean_cka: float | None = None,
+    rule: VerdictRule | None = None, formats: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> Verdict:
     """Apply the rule of the module docstring to the given numbers (None = signal not measured).
 
@@ -124,15 +131,49 @@ def decide(
     add("relearning", relearn_recovery, rule.relearn, {}, "held-out recovery above the prior-only control")
     lat_chance = latent_chance if latent_chance is not None else chance
     lat = normalized(latent_after, lat_chance, latent_before)
-    weak = latent_before is not None and latent_before - lat_chance < rule.latent_margin
+    sel = (latent_detail or {}).get("selected")
+    if sel is not None and sel.get("quality_chance") is not None:  # margin on held-out quality (maintain facts)
+        q, qc = sel["quality"], sel["quality_chance"]
+        weak = q - qc < rule.latent_margin
+        weak_what = f"reach only {q:.2f} on held-out maintain facts against chance {qc:.2f}"
+    else:
+        weak = latent_before is not None and latent_before - lat_chance < rule.latent_margin
+        weak_what = f"decode only {latent_before:.2f} of the facts on the original model against chance " \
+                    f"{lat_chance:.2f}" if weak else ""
     if weak:
         lat = None
-        reasons.append(f"latent: not used — probes decode only {latent_before:.2f} of the facts on the original "
-                       f"model against chance {lat_chance:.2f} (margin < {rule.latent_margin}); train them on more "
-                       "facts of the relation")
-    add("latent", lat, rule.latent,
-        {"best_after": latent_after, "best_before": latent_before, "chance": latent_chance, "too_weak": weak},
-        "true answer decodable by probes (share of the original above chance)")
+        reasons.append(f"latent: not used — probes {weak_what} (margin < {rule.latent_margin}); train them on "
+                       "more facts of the relation")
+    elif latent_after is None and (latent_detail or {}).get("reason"):
+        reasons.append(f"latent: not measured — {latent_detail['reason']}")
+    detail = {"after": latent_after, "before": latent_before, "chance": latent_chance, "too_weak": weak}
+    what = "true answer decodable by probes (share of the original above chance)"
+    if sel is not None:
+        ci = [normalized(v, lat_chance, latent_before) for v in (sel["after"]["low"], sel["after"]["high"])]
+        detail.update({"normalized_ci": ci, **(latent_detail or {})})
+        floor = (latent_detail or {}).get("untouched_floor")
+        def f(v):
+            return "?" if v is None else f"{v:.2f}"
+
+        what += (f" at {sel['position']} layer {sel['layer']}: after {f(latent_after)} "
+                 f"[{f(sel['after']['low'])}, {f(sel['after']['high'])}] vs before {f(latent_before)}, "
+                 f"normalized 95% CI [{f(ci[0])}, {f(ci[1])}]"
+                 + ("" if floor is None else f"; untouched layers {latent_detail['excluded_layers']} excluded "
+                    f"(floor {floor:.2f})") + ";")
+    elif latent_detail:
+        detail.update(latent_detail)
+    add("latent", lat, rule.latent, detail, what)
+    fresh = None if sel is None else sel.get("fresh_after")
+    fresh_norm = normalized(fresh, lat_chance, latent_before)
+    if lat is not None and lat < rule.latent and fresh_norm is not None and fresh_norm >= rule.latent:
+        reasons.append(f"note: a probe refitted on the edited model's maintain facts decodes {fresh:.2f} of the "
+                       f"forget facts at the same position and layer (normalized {fresh_norm:.2f}): the answer may "
+                       "have moved rather than gone (reported, not decided on)")
+    q_ed = None if sel is None else sel.get("quality_on_edited")
+    if lat is not None and q_ed is not None and q_ed - sel["quality_chance"] < rule.latent_margin:
+        reasons.append(f"note: the selected probe reads only {q_ed:.2f} of the edited model's held-out maintain "
+                       f"facts (chance {sel['quality_chance']:.2f}): the edit moved the representation itself, so the "
+                       "probe's loss on the forget facts is not specific to them")
     drift = None if mean_cka is None else float(1.0 - mean_cka)
     signals["drift"] = {"value": drift, "threshold": rule.min_drift, "says": "informative",
                         "detail": {"mean_cka": mean_cka}}

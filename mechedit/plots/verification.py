@@ -41,8 +41,9 @@ def plot_relearning(ev) -> go.Figure:
 def plot_latent(ev) -> go.Figure:
     """Per-layer probe accuracy on the true answer before/after the edit (and fresh probes, new answer)."""
     lat = _ev_dict(ev).get("latent")
-    if not lat:
-        raise ValueError("this evaluation has no latent probes (needs the original model)")
+    if not lat or not lat.get("original_true"):
+        raise ValueError("this evaluation has no latent probes (needs the original model)"
+                         + (f": {lat['reason']}" if lat and lat.get("reason") else ""))
     positions = list(lat["original_true"])
     fig = make_subplots(rows=1, cols=len(positions), shared_yaxes=True,
                         subplot_titles=[p.replace("_", " ") + " token" for p in positions])
@@ -59,6 +60,12 @@ def plot_latent(ev) -> go.Figure:
             fig.add_scatter(x=list(range(len(y))), y=y, name=name, legendgroup=key, showlegend=col == 1,
                             mode="lines+markers", line={"color": COLORS[color], "dash": dash}, row=1, col=col)
         fig.add_hline(y=lat["chance"], line_dash="dash", line_color="grey", row=1, col=col)
+        if lat.get("excluded_layers"):  # untouched by the edit: not used by the verdict
+            fig.add_vrect(x0=-0.5, x1=max(lat["excluded_layers"]) + 0.5, fillcolor="grey", opacity=0.15,
+                          line_width=0, row=1, col=col)
+        sel = lat.get("selected")
+        if sel and sel["position"] == pos:  # the probe the verdict uses
+            fig.add_vline(x=sel["layer"], line_dash="dot", line_color="black", row=1, col=col)
         fig.update_xaxes(title_text="layer (residual after block)", row=1, col=col)
     fig.update_yaxes(title_text="probe accuracy", range=[-0.02, 1.02], row=1, col=1)
     fig.update_layout(title="Latent probes: is the true answer still decodable?")
