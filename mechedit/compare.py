@@ -54,7 +54,7 @@ class CompareSettings:
     facts: str = "factworld"
     methods: list[str] = field(default_factory=lambda: ["probe", "path", "causal-tracing", "nonlocalized"])
     objective: str = "edit"
-    n_facts: int = 16
+    n_facts: int = 32  # the relearning attack trains on half and tests on the other: 16 held-out facts per seed
     seeds: int = 3
     relation: str | None = None  # restrict to one relation (default: the one with the most known facts)
     max_maintain: int = 64  # maintain facts per run (seeded sample), for speed

@@ -96,7 +96,7 @@ def compare(
     facts: str = typer.Argument(..., help="a CSV/JSONL path or a bundled set: sports, counterfact, factworld"),
     methods: str = typer.Option("probe,path,causal-tracing,nonlocalized", "--methods", help="comma-separated"),
     objective: str = typer.Option("edit", "--objective"),
-    n_facts: int = typer.Option(16, "--n-facts", help="facts to change per seed"),
+    n_facts: int = typer.Option(32, "--n-facts", help="facts to change per seed (half are held out from relearning)"),
     seeds: int = typer.Option(3, "--seeds", help="repeats, each on a different sample of facts"),
     relation: str | None = typer.Option(None, "--relation", help="default: the relation with most known facts"),
     steps: int | None = typer.Option(None, "--steps", help="edit steps (default: EditConfig's)"),
