@@ -20,7 +20,7 @@ from mechedit.evaluate import (
     score_behaviour,
 )
 from mechedit.evaluate.copying import clone_model
-from mechedit.evaluate.evaluation import GUIDE_KEYS
+from mechedit.evaluate.evaluation import METRIC_KEYS
 from mechedit.facts import FactError
 from mechedit.models import fingerprint, hf_parameters
 
@@ -153,7 +153,7 @@ def test_evaluate_an_edit_end_to_end(factworld, edit_facts, small_edit, tmp_path
                   max_maintain=32, progress=False)
     assert fingerprint(factworld) == before  # evaluated on an edited copy
     m = ev.metrics
-    assert all(k in m for k in GUIDE_KEYS)
+    assert all(k in m for k in METRIC_KEYS)
     assert m["forget_accuracy"] <= 0.25 and m["edit_accuracy"] >= 0.75 and m["maintain_accuracy"] >= 0.8
     assert m["n_params_trained"] == small_edit.n_params_trained and m["fluency_kl"] > 0
     assert m["neighborhood_accuracy"] is None  # factworld facts have no neighbourhood prompts

@@ -1,6 +1,6 @@
 """``evaluate``: behaviour, relearning attack, latent probes, representation diagnostics and the verdict of one edit.
 
-``metrics.json`` (``Evaluation.save``) holds the GUIDE §3 keys at the top level — each a number in [0, 1] or
+``metrics.json`` (``Evaluation.save``) holds the documented metric keys at the top level — each a number in [0, 1] or
 ``null`` when there was nothing to measure (never 0 for "not measured") — plus the renormalized probabilities
 and the sections ``behaviour``, ``original_behaviour``, ``relearn``, ``latent``, ``diagnostics``, ``verdict_inputs``
 and ``meta`` with the per-layer lists, curves and every number the verdict used.
@@ -34,8 +34,8 @@ from mechedit.facts import FactError, FactSet
 from mechedit.models import fingerprint, model_info
 from mechedit.stats import chance_accuracy
 
-# GUIDE §3 keys, in order, then the renormalized probabilities
-GUIDE_KEYS = ("forget_accuracy", "edit_accuracy", "maintain_accuracy", "paraphrase_edit_accuracy",
+# the documented metric keys (README, Verification), in order, then the renormalized probabilities
+METRIC_KEYS = ("forget_accuracy", "edit_accuracy", "maintain_accuracy", "paraphrase_edit_accuracy",
               "mcq_forget_error", "mcq_edit_accuracy", "neighborhood_accuracy", "relearn_accuracy",
               "latent_probe_accuracy", "fluency_kl", "verdict", "n_params_trained")
 PROB_KEYS = ("forget_prob", "edit_prob", "maintain_prob", "paraphrase_forget_accuracy", "paraphrase_forget_prob",
@@ -67,9 +67,9 @@ class Evaluation:
 
     @property
     def metrics(self) -> dict:
-        """The flat metrics: GUIDE §3 keys, then renormalized probabilities and extra accuracies."""
+        """The flat metrics: the documented metric keys, then renormalized probabilities and extra accuracies."""
         b = self.behaviour
-        out = {k: getattr(b, k) for k in GUIDE_KEYS[:7]}
+        out = {k: getattr(b, k) for k in METRIC_KEYS[:7]}
         out["relearn_accuracy"] = None if self.relearn is None else self.relearn.relearn_accuracy
         out["latent_probe_accuracy"] = self.latent_probe_accuracy
         out["fluency_kl"] = self.fluency_kl

@@ -48,7 +48,7 @@ class Localization:
         return sorted(c.layer for c in self.mlps)
 
     def to_dict(self) -> dict:
-        """The loc.json form (GUIDE §3)."""
+        """The loc.json form documented in the README."""
         d = {
             "method": self.method,
             "components": [component_to_dict(c) for c in self.components],
