@@ -37,6 +37,17 @@ def _as_layers(X, dtype: torch.dtype) -> torch.Tensor:
     return X.to(dtype)
 
 
+def _fitted_input(X, dtype: torch.dtype, name: str, fitted: torch.Tensor | None, layers: int, d: int,
+                  fit_call: str = "fit(X, y)") -> torch.Tensor:
+    """X as ``_as_layers`` gives it, checked against a fitted probe's layer count and width (None: unfitted)."""
+    if fitted is None:
+        raise RuntimeError(f"{name} is not fitted; call {fit_call} first")
+    X = _as_layers(X, dtype)
+    if X.shape[0] != layers or X.shape[2] != d:
+        raise ValueError(f"X has shape {tuple(X.shape)} but the probe was fitted on [{layers}, n, {d}]")
+    return X
+
+
 class LogisticProbe:
     """L2-regularized multinomial logistic regression fitted independently for each layer of ``X``."""
 
@@ -130,13 +141,8 @@ class LogisticProbe:
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self, X) -> torch.Tensor:
-        if not hasattr(self, "weight_"):
-            raise RuntimeError("LogisticProbe is not fitted; call fit(X, y) first")
-        X = _as_layers(X, self.dtype)
-        if X.shape[0] != self.weight_.shape[0] or X.shape[2] != self.weight_.shape[1]:
-            raise ValueError(f"X has shape {tuple(X.shape)} but the probe was fitted on "
-                             f"[{self.weight_.shape[0]}, n, {self.weight_.shape[1]}]")
-        return X
+        w = getattr(self, "weight_", None)
+        return _fitted_input(X, self.dtype, "LogisticProbe", w, *((0, 0) if w is None else w.shape[:2]))
 
     @torch.no_grad()
     def decision_function(self, X: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "layer n classes"]:

@@ -21,14 +21,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-
-def _as_layers(X, dtype: torch.dtype) -> torch.Tensor:
-    X = torch.as_tensor(X)
-    if X.ndim != 3:
-        raise ValueError(f"expected X of shape [layers, examples, d], got {tuple(X.shape)}")
-    if not torch.isfinite(X).all():
-        raise ValueError("X contains NaN or inf values")
-    return X.to(dtype)
+from probes.logistic import _as_layers, _fitted_input
 
 
 class RidgeProbe:
@@ -62,13 +55,9 @@ class RidgeProbe:
         return self
 
     def _check(self, X) -> torch.Tensor:
-        if not hasattr(self, "dual_"):
-            raise RuntimeError("RidgeProbe is not fitted; call fit(X, Y) first")
-        X = _as_layers(X, self.dtype)
-        if X.shape[0] != self.Z_.shape[0] or X.shape[2] != self.Z_.shape[2]:
-            raise ValueError(f"X has shape {tuple(X.shape)} but the probe was fitted on "
-                             f"[{self.Z_.shape[0]}, n, {self.Z_.shape[2]}]")
-        return X
+        Z = getattr(self, "Z_", None) if hasattr(self, "dual_") else None
+        return _fitted_input(X, self.dtype, "RidgeProbe", Z, *((0, 0) if Z is None else (Z.shape[0], Z.shape[2])),
+                             fit_call="fit(X, Y)")
 
     @torch.no_grad()
     def predict_all(self, X: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "alpha layer n k"]:
