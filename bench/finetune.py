@@ -66,11 +66,12 @@ def worker(args) -> None:
     from mechedit.facts import load_facts
     from mechedit.localize.localization import Localization, make_localization
     from mechedit.models import load_model
+    from mechedit.tokens import validate_facts
 
     torch.set_num_threads(args.threads)
     model = load_model("smollm2-135m")
     subjects = set(json.loads(Path(args.facts).read_text()))
-    rel = load_facts("counterfact").validated(model.tokenizer, on_collision="drop").by_relation()[args.relation]
+    rel = validate_facts(model.tokenizer, load_facts("counterfact"), on_collision="drop").by_relation()[args.relation]
     facts = rel.subset([f for f in rel if f.subject in subjects]).mark_forget(N_EDITS, seed=0)
     if args.worker == "localized":
         loc = Localization.load(args.localization)
@@ -102,11 +103,13 @@ def prepare(args, workdir: Path) -> tuple[Path, Path, str]:
     from mechedit.facts import load_facts
     from mechedit.localize.localization import Localization, make_localization
     from mechedit.models import load_model
+    from mechedit.scoring import known_facts
+    from mechedit.tokens import validate_facts
 
     torch.set_num_threads(args.threads)
     model = load_model("smollm2-135m")
-    facts = load_facts("counterfact").validated(model.tokenizer, on_collision="drop")
-    rel = facts.by_relation()[args.relation].known_by(model, batch_size=64)
+    facts = validate_facts(model.tokenizer, load_facts("counterfact"), on_collision="drop")
+    rel = known_facts(model, facts.by_relation()[args.relation], batch_size=64)
     facts_csv = workdir / "known_subjects.json"  # (FactSet.to_csv cannot round-trip paraphrases containing '|')
     facts_csv.write_text(json.dumps([f.subject for f in rel]))
     loc_path = workdir / "loc.json"

@@ -29,6 +29,8 @@ from _timing import timed  # noqa: E402
 from mechedit.facts import load_facts  # noqa: E402
 from mechedit.localize.patch_setup import patch_setup  # noqa: E402
 from mechedit.models import load_model  # noqa: E402
+from mechedit.scoring import known_facts  # noqa: E402
+from mechedit.tokens import validate_facts  # noqa: E402
 from patching.activation import activation_patch  # noqa: E402
 from patching.path import path_patch  # noqa: E402
 from patching.reference import activation_patch_reference, path_patch_reference  # noqa: E402
@@ -46,8 +48,8 @@ def main() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
     model = load_model(args.model)
-    facts = load_facts(args.facts).validated(model.tokenizer, on_collision="drop")
-    known = facts.sample(6 * args.n_facts, seed=0).known_by(model)
+    facts = validate_facts(model.tokenizer, load_facts(args.facts), on_collision="drop")
+    known = known_facts(model, facts.sample(6 * args.n_facts, seed=0))
     if len(known) < args.n_facts:
         raise SystemExit(f"only {len(known)} known facts among {6 * args.n_facts} sampled; lower --n-facts")
     setup = patch_setup(model, known, max_facts=args.n_facts, seed=0)

@@ -35,11 +35,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _timing import timed  # noqa: E402
 
+from mechedit import scoring  # noqa: E402
 from mechedit.cache import cache_dir  # noqa: E402
 from mechedit.components import model_shape  # noqa: E402
 from mechedit.facts import Fact, FactSet, load_facts  # noqa: E402
 from mechedit.models import fingerprint, load_model  # noqa: E402
-from mechedit.tokens import encode  # noqa: E402
+from mechedit.tokens import encode, validate_facts  # noqa: E402
 from probes import LogisticProbe, collect_activations, layer_hooks, stratified_split  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def known_facts(model, name: str) -> FactSet:
         return FactSet([Fact(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in keys})
                         for r in rows], name=f"{name}:known")
     t0 = time.perf_counter()
-    known = load_facts(name).validated(model.tokenizer, on_collision="drop").known_by(model)
+    known = scoring.known_facts(model, validate_facts(model.tokenizer, load_facts(name), on_collision="drop"))
     print(f"scored {name} for known facts in {time.perf_counter() - t0:.0f} s (cached at {path})")
     path.parent.mkdir(parents=True, exist_ok=True)
     known.to_jsonl(path)

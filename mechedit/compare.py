@@ -20,7 +20,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mechedit.edit import EditConfig, edit
+from mechedit.evaluate import RelearnConfig, evaluate
 from mechedit.facts import FactError, FactSet, load_facts
+from mechedit.localize import get_localizer
+from mechedit.models import load_model
+from mechedit.scoring import known_facts
+from mechedit.tokens import validate_facts
 
 BUDGET_SOURCES = ("probe", "path")  # the fact-lookup localizations that define the parameter budget
 BUDGETED = ("causal-tracing", "attribution", "random")  # ranking-based methods cut to that budget
@@ -104,18 +110,13 @@ def _latent_max(metrics: dict) -> float | None:
 
 def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run the comparison; returns the summary dict (also written to ``out_dir`` when given)."""
-    from mechedit.edit import EditConfig, edit
-    from mechedit.evaluate import RelearnConfig, evaluate
-    from mechedit.localize import get_localizer
-    from mechedit.models import load_model
-
     t_start = time.time()
     base = load_model(settings.model)  # never modified: localization and the reference for verification
     work = load_model(settings.model)  # edited and reverted for every run
-    facts = load_facts(settings.facts).validated(base.tokenizer, on_collision="drop")
+    facts = validate_facts(base.tokenizer, load_facts(settings.facts), on_collision="drop")
     if settings.relation is not None:  # filter first: scoring a whole large fact set is the slow part
         facts = pick_relation(facts, settings.relation)
-    known = facts.known_by(base)
+    known = known_facts(base, facts)
     pool = pick_relation(known, settings.relation)
     methods = list(dict.fromkeys(settings.methods))
     for m in methods:

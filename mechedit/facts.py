@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mechedit.data import data_path
+from mechedit.data.factworld import RELATIONS, subject_names
 
 BUNDLED_FACTSETS = ("sports", "counterfact", "factworld")
 MCQ_LETTERS = "ABCDEFGH"
@@ -170,25 +171,6 @@ class FactSet:
             out.append(f)
         return self.subset(out)
 
-    def known_by(self, model, threshold: float = 0.0, fmt: str = "prompt", batch_size: int = 64) -> FactSet:
-        """Facts the model answers correctly by forced choice (batched); see ``scoring.known_facts``."""
-        from mechedit.scoring import known_facts
-
-        return known_facts(model, self, threshold=threshold, fmt=fmt, batch_size=batch_size)
-
-    def validated(self, tokenizer, on_collision: str = "error") -> FactSet:
-        """Check candidates' first tokens are distinct; ``on_collision`` is "error" or "drop" (noted)."""
-        from mechedit.tokens import candidate_token_ids, drop_colliding
-
-        if on_collision == "error":
-            for f in self.facts:
-                candidate_token_ids(tokenizer, f)
-            return self
-        kept, notes = drop_colliding(tokenizer, self.facts)
-        out = self.subset(kept)
-        out.notes.extend(notes)
-        return out
-
     def by_relation(self) -> dict[str, FactSet]:
         """One FactSet per relation label."""
         groups: dict[str, list[Fact]] = {}
@@ -259,7 +241,7 @@ def _join_list(items: Sequence[str]) -> str:
 
 
 def load_csv(path: str | Path, name: str | None = None) -> FactSet:
-    """Load the user CSV format (GUIDE §2): subject, prompt, answer[, target, forget, candidates, ...]."""
+    """Load the user CSV format (see README, Facts): subject, prompt, answer[, target, forget, candidates, ...]."""
     path = Path(path)
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -336,6 +318,19 @@ def load_sports(path: str | Path | None = None) -> FactSet:
     return FactSet(fill_candidates(facts), name="sports")
 
 
+def load_factworld(seed: int = 0) -> FactSet:
+    """The ground truth of the factworld world as a FactSet (one fact per subject and relation)."""
+    rng = random.Random(f"world-{seed}")
+    facts = []
+    for subject in subject_names(seed):
+        for rel in RELATIONS:
+            facts.append(Fact(
+                subject=subject, prompt=rel.prompt, answer=rng.choice(rel.values), candidates=rel.values,
+                paraphrases=rel.paraphrases, relation=rel.name, question=rel.question,
+            ))
+    return FactSet(facts, name="factworld")
+
+
 def load_facts(spec: str | Path, seed: int = 0) -> FactSet:
     """Load a fact set by bundled name (sports, counterfact, factworld) or path (.csv / .jsonl)."""
     spec_s = str(spec)
@@ -344,9 +339,7 @@ def load_facts(spec: str | Path, seed: int = 0) -> FactSet:
     if spec_s == "counterfact":
         return load_counterfact(data_path("counterfact.jsonl"), name="counterfact")
     if spec_s == "factworld":
-        from mechedit.factworld import factworld_facts
-
-        return factworld_facts(seed=seed)
+        return load_factworld(seed=seed)
     path = Path(spec_s)
     if not path.exists():
         raise FactError(f"fact set '{spec_s}' is neither a bundled set {BUNDLED_FACTSETS} nor an existing file")

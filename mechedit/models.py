@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from mechedit.cache import cache_dir, cache_entries, inspect_cache, load_or_build, quiet_transformers
+from mechedit.factworld import load_factworld_hf
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def model_info(model) -> ModelInfo:
 
 def wrap_hf(hf_model, tokenizer, name: str, prepend_bos: bool):
     """Wrap an already loaded HF causal LM and tokenizer in a TransformerBridge (no hub access)."""
+    # transformer_lens is imported lazily: it adds ~5 s to every `import mechedit`
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_model.eval()
@@ -95,6 +97,7 @@ def load_smollm2_hf():
     directory = cache_dir() / "smollm2-135m"
 
     def build():
+        # transformers is imported lazily: it adds ~2 s to every `import mechedit`
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         log.warning("dequantizing %s once (about 20 s); cached under %s", gguf.name, directory)
@@ -133,6 +136,7 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
 
 def _load_hf_name(name: str):
     """Load a local HF directory or a hub name (local cache first; fail fast when offline)."""
+    # transformers is imported lazily: it adds ~2 s to every `import mechedit`
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with quiet_transformers():
@@ -164,8 +168,6 @@ def load_model(name: str, *, seed: int = 0):
         hf_model, tok = load_smollm2_hf()
         return wrap_hf(hf_model, tok, name, prepend_bos=False)
     if name == "factworld":
-        from mechedit.factworld import load_factworld_hf
-
         hf_model, tok = load_factworld_hf(seed=seed)
         return wrap_hf(hf_model, tok, name, prepend_bos=False)
     if not name or name.startswith("-"):

@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 
 from mechedit.compare import COLUMNS, format_cell
 from mechedit.localize.localization import Localization
+from mechedit.plots.patching import plot_patching
+from mechedit.plots.probe_accuracy import plot_probe_accuracy
 
 
 def comparison_figure(summary: dict) -> go.Figure:
@@ -99,12 +101,8 @@ def localization_figures(run_dir: Path, summary: dict) -> list[tuple[str, go.Fig
             continue
         loc = Localization.load(path)
         if loc.probe_accuracy is not None:
-            from mechedit.plots.probe_accuracy import plot_probe_accuracy
-
             figs.append((f"Per-layer probe accuracy ({method})", plot_probe_accuracy(loc)))
         elif any(k.startswith("head.") for k in loc.scores):
-            from mechedit.plots.patching import plot_patching
-
             figs.append((f"Patching scores ({method})", plot_patching(loc)))
     return figs
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Int
 
-from mechedit.facts import Fact, FactError
+from mechedit.facts import Fact, FactError, FactSet
 
 
 @dataclass
@@ -105,8 +105,6 @@ def candidate_token_ids(tokenizer, fact: Fact) -> list[int]:
 
 def drop_colliding(tokenizer, facts: Sequence[Fact]) -> tuple[list[Fact], list[str]]:
     """Remove colliding candidates (never the answer or target) and facts whose answer/target collide."""
-    from dataclasses import replace
-
     kept, notes = [], []
     for f in facts:
         keep: list[str] = []
@@ -128,3 +126,17 @@ def drop_colliding(tokenizer, facts: Sequence[Fact]) -> tuple[list[Fact], list[s
         elif ok:
             notes.append(f"dropped fact about {f.subject!r}: fewer than two distinct candidates")
     return kept, notes
+
+
+def validate_facts(tokenizer, facts: FactSet, on_collision: str = "error") -> FactSet:
+    """Check candidates' first tokens are distinct; ``on_collision`` is "error" or "drop" (noted in ``notes``)."""
+    if on_collision == "error":
+        for f in facts:
+            candidate_token_ids(tokenizer, f)
+        return facts
+    if on_collision != "drop":
+        raise FactError(f"unknown on_collision {on_collision!r}; use 'error' or 'drop'")
+    kept, notes = drop_colliding(tokenizer, facts.facts)
+    out = facts.subset(kept)
+    out.notes.extend(notes)
+    return out

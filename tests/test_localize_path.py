@@ -138,10 +138,11 @@ def test_plot_patching_highlights_chosen_components(sport_path):
 def test_smollm2_batched_path_patching_matches_reference(smollm2):
     """GQA with 3 query heads per key-value group, 30 layers: batched == brute force on a few senders."""
     from mechedit.facts import load_facts
+    from mechedit.tokens import validate_facts
     from patching.path import path_patch
     from patching.reference import path_patch_reference
 
-    facts = load_facts("counterfact").validated(smollm2.tokenizer, on_collision="drop").sample(3, seed=2)
+    facts = validate_facts(smollm2.tokenizer, load_facts("counterfact"), on_collision="drop").sample(3, seed=2)
     s = patch_setup(smollm2, facts, corruption="random", seed=0)
     args = (smollm2, s.batch.input_ids, s.batch.attention_mask, s.corruption, s.metric)
     senders = ["head.20.8", "mlp.12", "mlp.25"]

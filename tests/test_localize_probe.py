@@ -162,9 +162,11 @@ def test_plot_probe_accuracy(sport_loc):
 def test_probe_localization_smollm2(smollm2):
     """CounterFact "created by" (P178) facts SmolLM2 knows: the probe curve rises and a short MLP range is chosen."""
     from mechedit.facts import load_facts
+    from mechedit.scoring import known_facts
+    from mechedit.tokens import validate_facts
 
-    facts = load_facts("counterfact").by_relation()["P178"].validated(smollm2.tokenizer, "drop")
-    loc = localize(smollm2, facts.known_by(smollm2, batch_size=64), "probe", progress=False)
+    facts = validate_facts(smollm2.tokenizer, load_facts("counterfact").by_relation()["P178"], "drop")
+    loc = localize(smollm2, known_facts(smollm2, facts, batch_size=64), "probe", progress=False)
     start, end = loc.extra["chosen_range"]
     curve, ex = loc.probe_accuracy, loc.extra
     assert len(curve) == 30 and ex["n_facts"] >= 100 and len(ex["classes"]) >= 3

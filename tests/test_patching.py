@@ -8,8 +8,6 @@ import warnings
 import pytest
 import torch
 
-from mechedit.localize.patch_setup import patch_setup
-from mechedit.models import fingerprint
 from patching.activation import activation_patch
 from patching.attribution import attribution_patch
 from patching.corrupt import Noise, embedding_std, gaussian_noise, random_subject_tokens, subject_mask, swap_subjects
@@ -23,9 +21,9 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def setup(factworld, world_facts):
-    """12 facts of mixed relations (several subject lengths, left padding), subject swapping, logit diff."""
-    return patch_setup(factworld, world_facts.sample(12, seed=1), corruption="swap", seed=0)
+def setup(swap_setup):
+    """The shared subject-swap patching inputs (tests/conftest.py)."""
+    return swap_setup
 
 
 def _args(s):
@@ -179,8 +177,8 @@ def test_unchanged_corruption_warns_instead_of_dividing_by_zero(factworld, setup
     assert all(abs(e) < 1e-4 for e in effects)
 
 
-def test_hooks_removed_and_weights_untouched_even_on_error(factworld, setup):
-    before = fingerprint(factworld)
+def test_hooks_removed_and_weights_untouched_even_on_error(factworld, setup, helpers):
+    before = helpers.snapshot(factworld)
     ids, am, corrupt, metric = _args(setup)
     calls = []
 
@@ -198,7 +196,7 @@ def test_hooks_removed_and_weights_untouched_even_on_error(factworld, setup):
         warnings.simplefilter("ignore")
         attribution_patch(factworld, ids, am, corrupt, metric, components=["mlp.0"])
     assert all(not hp.fwd_hooks and not hp.bwd_hooks for hp in factworld.hook_dict.values())
-    assert fingerprint(factworld) == before
+    assert helpers.same(factworld, before)
 
 
 def test_patch_result_json_round_trip(factworld, setup):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from mechedit.tokens import encode
 from probes import (
     LogisticProbe,
     MeanDiffProbe,
@@ -17,14 +16,6 @@ from probes import (
     rare_classes,
     stratified_split,
 )
-
-
-@pytest.fixture(scope="module")
-def city_batch(factworld, world_facts):
-    """Paraphrase prompts (subject mid-sentence, mixed lengths) for the city relation, left-padded."""
-    facts = world_facts.by_relation()["city"]
-    texts = [f.render(f.paraphrases[i % 3]) for i, f in enumerate(facts)]
-    return facts, encode(factworld.tokenizer, texts, [f.subject for f in facts])
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,13 @@ from rich.table import Table
 
 from mechedit.cli import app
 from mechedit.cli.common import console, user_errors
+from mechedit.compare import CompareSettings, summary_title, table_rows
+from mechedit.compare import compare as run_compare
+from mechedit.report import write_report
 
 
 def summary_table(summary: dict) -> Table:
     """One row per method: mean ± spread over seeds of the headline metrics, verdicts and parameters."""
-    from mechedit.compare import summary_title, table_rows
-
     headers, rows = table_rows(summary)
     table = Table(title=summary_title(summary))
     table.add_column(headers[0])
@@ -30,11 +31,8 @@ def summary_table(summary: dict) -> Table:
 
 def run_and_report(settings, out: Path) -> None:
     """Run compare, print the table, write the report, print where it is and how long it took."""
-    from mechedit.compare import compare
-    from mechedit.report import write_report
-
     t0 = time.time()
-    summary = compare(settings, out)
+    summary = run_compare(settings, out)
     console.print(summary_table(summary))
     report = write_report(out)
     console.print(f"report → {report}")
@@ -58,8 +56,6 @@ def compare(
     out: Path = typer.Option(Path("runs/compare"), "--out"),
 ) -> None:
     """Localize with each method (baselines cut to the fact-lookup budget), edit identically, verify, compare."""
-    from mechedit.compare import CompareSettings
-
     with user_errors():
         names = [m.strip() for m in methods.split(",") if m.strip()]
         settings = CompareSettings(model=model, facts=facts, methods=names,
@@ -72,7 +68,5 @@ def compare(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a directory written by mechedit compare")) -> None:
     """Write RUN_DIR/report.html: one self-contained page with every figure of a comparison."""
-    from mechedit.report import write_report
-
     with user_errors():
         console.print(f"report → {write_report(run_dir)}")

@@ -11,8 +11,13 @@ from rich.table import Table
 
 from mechedit.cli import app
 from mechedit.cli.common import console, user_errors
+from mechedit.edit import EditConfig, EditError
+from mechedit.edit import edit as run_edit
 from mechedit.edit.marking import marked_facts
 from mechedit.edit.objectives import OBJECTIVES
+from mechedit.localize.localization import Localization
+from mechedit.models import load_model
+from mechedit.scoring import score_facts
 
 FACTS_FILE = "facts.csv"
 N_MAINTAIN_SCORED = 256
@@ -34,12 +39,6 @@ def edit(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Edit (or unlearn) FACTS in MODEL by training only the localized components; write the revertible delta."""
-    from mechedit.edit import EditConfig, EditError
-    from mechedit.edit import edit as run_edit
-    from mechedit.localize.localization import Localization
-    from mechedit.models import load_model
-    from mechedit.scoring import score_facts
-
     with user_errors():
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")

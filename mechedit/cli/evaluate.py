@@ -11,6 +11,14 @@ from rich.table import Table
 
 from mechedit.cli import app
 from mechedit.cli.common import console, user_errors
+from mechedit.edit import EditError, EditResult
+from mechedit.edit.marking import marked_facts
+from mechedit.evaluate import RelearnConfig
+from mechedit.evaluate import evaluate as run_evaluate
+from mechedit.facts import load_csv, load_facts
+from mechedit.models import load_model
+from mechedit.plots.verification import verification_figures
+from mechedit.tokens import validate_facts
 
 EDIT_FACTS_FILE = "facts.csv"  # written by `mechedit edit` next to the delta
 
@@ -32,10 +40,7 @@ def transfer_marks(facts, marked):
 def facts_for(model, facts_spec: str, edit_dir: Path | None, objective: str, n_forget: int, seed: int,
               known_only: bool):
     """The marked facts to evaluate: FACTS' own marks, else the edit's facts.csv marks, else a seeded sample."""
-    from mechedit.edit.marking import marked_facts
-    from mechedit.facts import load_csv, load_facts
-
-    fs = load_facts(facts_spec).validated(model.tokenizer, on_collision="drop")
+    fs = validate_facts(model.tokenizer, load_facts(facts_spec), on_collision="drop")
     if any(f.changes for f in fs):
         return fs, "marked in FACTS"
     if edit_dir is not None and (edit_dir / EDIT_FACTS_FILE).is_file():
@@ -72,11 +77,6 @@ def evaluate(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Verify an edit: is the fact gone, or only hidden? Writes metrics.json (GUIDE §3 keys + curves)."""
-    from mechedit.edit import EditError, EditResult
-    from mechedit.evaluate import RelearnConfig
-    from mechedit.evaluate import evaluate as run_evaluate
-    from mechedit.models import load_model
-
     with user_errors():
         t0 = time.time()
         m = load_model(model)
@@ -111,8 +111,6 @@ def evaluate(
         for reason in (ev.verdict.reasons if ev.verdict else []):
             console.print(f"  {reason}")
         if plots:
-            from mechedit.plots.verification import verification_figures
-
             for name, fig in verification_figures(ev).items():
                 path = out.with_name(f"{out.stem}_{name}.html")
                 fig.write_html(path, include_plotlyjs=True)

@@ -10,7 +10,15 @@ from rich.table import Table
 
 from mechedit.cli import app
 from mechedit.cli.common import console, user_errors
+from mechedit.facts import load_facts
 from mechedit.localize import METHODS
+from mechedit.localize import localize as run_localizer
+from mechedit.localize.localization import Localization
+from mechedit.models import load_model
+from mechedit.plots.patching import plot_patching
+from mechedit.plots.probe_accuracy import plot_probe_accuracy
+from mechedit.scoring import known_facts
+from mechedit.tokens import validate_facts
 
 
 def save_figure(fig, path: Path) -> None:
@@ -29,11 +37,7 @@ def save_figure(fig, path: Path) -> None:
 def plot_for(loc):
     """The natural figure for a Localization: probe-accuracy curve or patching scores."""
     if loc.probe_accuracy is not None:
-        from mechedit.plots.probe_accuracy import plot_probe_accuracy
-
         return plot_probe_accuracy(loc)
-    from mechedit.plots.patching import plot_patching
-
     return plot_patching(loc)
 
 
@@ -50,19 +54,14 @@ def localize(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Localize where MODEL stores FACTS and write loc.json (contract: GUIDE §3)."""
-    from mechedit.facts import load_facts
-    from mechedit.localize import localize as run_localizer
-    from mechedit.localize.localization import Localization
-    from mechedit.models import load_model
-
     with user_errors():
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         t0 = time.time()
         m = load_model(model)
-        fs = load_facts(facts).validated(m.tokenizer, on_collision="drop")
+        fs = validate_facts(m.tokenizer, load_facts(facts), on_collision="drop")
         if known_only:
-            fs = fs.known_by(m)
+            fs = known_facts(m, fs)
         if n_facts:
             fs = fs.sample(n_facts, seed=seed)
         budget = Localization.load(budget_from).n_params if budget_from else None

@@ -26,9 +26,12 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from mechedit.components import model_shape
+from mechedit.evaluate.answers import answer_batch, answer_loss
+from mechedit.evaluate.copying import clear_captures
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import hf_parameters, model_info
 from mechedit.tokens import encode
+from probes import collect_activations
 
 Pooling = Literal["last", "mean"]
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -47,8 +50,6 @@ def layer_features(
     model, texts: Sequence[str], *, pooling: Pooling = "last", batch_size: int = 32, progress: bool = True
 ) -> Float[torch.Tensor, "layer n d_model"]:
     """Residual stream after every block for each text: at the last token, or mean-pooled (pad and position 0 out)."""
-    from probes import collect_activations
-
     if pooling not in ("last", "mean"):
         raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
     if not texts:
@@ -141,8 +142,6 @@ def diagonal_fisher(
 
     Gradients are taken with ``torch.autograd.grad`` so the model's ``.grad`` fields and weights stay untouched.
     """
-    from mechedit.evaluate.answers import answer_batch, answer_loss
-
     ids, mask, labels = answer_batch(model.tokenizer, prompts, answers, model_info(model).prepend_bos)
     named = list(hf_parameters(model).items())  # plain HF names, so models match by exact name
     params = [p for _, p in named]
@@ -164,7 +163,6 @@ def diagonal_fisher(
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
-        from mechedit.evaluate.copying import clear_captures
 
         clear_captures(model)  # release the autograd graph TransformerLens kept in its per-forward captures
     return {n: f / len(chunks) for (n, _), f in zip(named, fisher, strict=True)}

@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from mechedit.components import model_shape
+from mechedit.edit import EditError
+from mechedit.edit.fluency import fluency_texts
 from mechedit.evaluate.behaviour import Behaviour, choose_shots, fluency_kl, score_behaviour
 from mechedit.evaluate.copying import clone_model
+from mechedit.evaluate.diagnostics import Diagnostics, diagnose
 from mechedit.evaluate.latent import LatentProbes, latent_probes
 from mechedit.evaluate.relearn import RelearnConfig, RelearnResult, relearn_attack
 from mechedit.evaluate.verdict import Verdict, VerdictRule, decide
@@ -92,8 +95,6 @@ class Evaluation:
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:
         """Inverse of ``to_dict`` (the relearned model is not stored)."""
-        from mechedit.evaluate.diagnostics import Diagnostics
-
         def build(kind, value):
             return None if value is None else kind(**value)
 
@@ -135,7 +136,6 @@ def resolve_models(model, edit=None, original=None) -> tuple[object, object | No
             raise ValueError(f"original and edited models differ in architecture: {model_shape(original)} vs "
                              f"{model_shape(model)}")
         return model, original, False
-    from mechedit.edit import EditError
 
     fp = fingerprint(model)
     if original is not None and fingerprint(original) != edit.base_fingerprint:
@@ -193,7 +193,6 @@ def evaluate(
     if original is not None:
         ev.original_behaviour = original_behaviour or timed("original_behaviour", score_behaviour, original, facts,
                                                             **kw)
-        from mechedit.edit.fluency import fluency_texts
 
         maintain = facts.maintain_set() if len(facts.forget_set()) < len(facts) else None
         texts, source = fluency_texts(original, maintain, fluency_text, seed)
@@ -206,7 +205,6 @@ def evaluate(
         ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
                            train_facts=latent_train)
     if diagnostics and original is not None:
-        from mechedit.evaluate.diagnostics import diagnose
 
         ev.diagnostics = timed("diagnostics", diagnose, original, edited, facts.forget_set(),
                                relearned=None if ev.relearn is None else ev.relearn.model, progress=progress)

@@ -32,6 +32,7 @@ from mechedit.components import model_shape
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
 from mechedit.tokens import encode
+from probes import LogisticProbe, ProbeConvergenceWarning, collect_activations, stratified_split
 
 POSITIONS = ("subject_last", "last")
 
@@ -67,8 +68,6 @@ class LatentProbes:
 
 def _features(model, facts: list[Fact], batch_size: int, progress: bool) -> torch.Tensor:
     """Residual stream after every block at (last subject token, last token): [layer, n, 2, d]."""
-    from probes import collect_activations
-
     b = encode(model.tokenizer, [f.render() for f in facts], [f.subject for f in facts],
                prepend_bos=model_info(model).prepend_bos)
     pos = torch.stack([b.subject_last, b.last], 1)
@@ -88,7 +87,6 @@ def _unstack(values: np.ndarray, n_layers: int) -> dict[str, np.ndarray]:
 
 
 def _fit(X: torch.Tensor, y: np.ndarray, C: float):
-    from probes import LogisticProbe, ProbeConvergenceWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProbeConvergenceWarning)
@@ -124,8 +122,6 @@ def latent_probes(
     batch_size: int = 32, progress: bool = True, train_facts: FactSet | None = None,
 ) -> LatentProbes:
     """Probe the true (and new) answers of the forget facts in ``edited`` at every layer (see module docstring)."""
-    from probes import stratified_split
-
     if not any(f.changes for f in facts):
         raise FactError(f"fact set '{facts.name}' has no forget facts to probe")
     forget = facts.forget_set()

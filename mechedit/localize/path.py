@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mechedit.components import model_shape
+from mechedit.components import model_shape, parse_component
 from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization, cut_to_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, choose_by_fraction, patch_setup, pick
@@ -47,7 +47,6 @@ def localize_path(
     mlp_scores = mlps.scores()
     chosen, rule = pick(model, mlp_scores, mlps.labels, fraction=mlp_fraction, budget=budget)
     if include_heads:
-        from mechedit.components import parse_component
 
         head_comps = [parse_component(h) for h in extraction]
         chosen = cut_to_budget(model, chosen + head_comps, budget) if budget is not None else chosen + head_comps
