@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mechedit.edit.config import EditConfig, EditError
 from mechedit.localize.localization import Localization
@@ -127,8 +128,6 @@ class EditResult:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``delta.safetensors`` and ``edit.json`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {}
@@ -144,8 +143,6 @@ class EditResult:
     @classmethod
     def load(cls, directory: str | Path, model=None) -> EditResult:
         """Read a saved result; with ``model``, refuse unless the model is its base (or already carries it)."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         if not (directory / META_FILE).is_file() or not (directory / TENSORS_FILE).is_file():
             raise FileNotFoundError(f"{directory} is not an edit directory (needs {META_FILE} and {TENSORS_FILE})")
