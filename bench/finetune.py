@@ -61,12 +61,13 @@ def worker(args) -> None:
     """Run one configuration and print a JSON line with its measurements."""
     import torch
 
-    from mechedit.components import MLP, Attn, model_shape
+    from mechedit.components import MLP, Attn
     from mechedit.edit import EditConfig, edit
     from mechedit.facts import load_facts
     from mechedit.localize.localization import Localization, make_localization
     from mechedit.models import load_model
     from mechedit.tokens import validate_facts
+    from patching.model import arch
 
     torch.set_num_threads(args.threads)
     model = load_model("smollm2-135m")
@@ -76,7 +77,7 @@ def worker(args) -> None:
     if args.worker == "localized":
         loc = Localization.load(args.localization)
     else:
-        layers = range(model_shape(model).n_layers)
+        layers = range(arch(model).n_layers)
         loc = make_localization(model, "nonlocalized", [c for i in layers for c in (Attn(i), MLP(i))])
     cfg = EditConfig(steps=args.steps)
     rss_before = _status_kb("VmRSS")

@@ -37,10 +37,10 @@ from _timing import timed  # noqa: E402
 
 from mechedit import scoring  # noqa: E402
 from mechedit.cache import cache_dir  # noqa: E402
-from mechedit.components import model_shape  # noqa: E402
 from mechedit.facts import Fact, FactSet, load_facts  # noqa: E402
 from mechedit.models import fingerprint, load_model  # noqa: E402
 from mechedit.tokens import encode, validate_facts  # noqa: E402
+from patching.model import arch  # noqa: E402
 from probes import LogisticProbe, collect_activations, layer_hooks, stratified_split  # noqa: E402
 
 
@@ -113,7 +113,7 @@ def main() -> None:
         from sklearn.preprocessing import StandardScaler
 
         t0 = time.perf_counter()
-        X = torch.empty(len(hooks), len(facts), model_shape(model).d_model)
+        X = torch.empty(len(hooks), len(facts), arch(model).d_model)
         for s, e in chunks:
             ids, mask, pos = trimmed(s, e)
             _, cache = model.run_with_cache(ids, attention_mask=mask)

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from mechedit.models import hf_parameters
+from patching.model import Model, arch
 
 KVPolicy = Literal["group", "always", "never"]
 
@@ -115,38 +116,9 @@ def component_to_dict(c: Component) -> dict:
     return {"kind": c.kind, "layer": c.layer}
 
 
-@dataclass(frozen=True)
-class Shape:
-    """The architecture numbers components need, read from the HF config (not the bridge cfg)."""
-
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_model: int
-    d_mlp: int
-
-    @property
-    def group_size(self) -> int:
-        """Query heads per key-value head."""
-        return self.n_heads // self.n_kv_heads
-
-
-def model_shape(model) -> Shape:
-    """Architecture numbers of a bridged (or plain HF) Llama-family model."""
-    hf = getattr(model, "original_model", model)
-    c = hf.config
-    n_heads = c.num_attention_heads
-    return Shape(
-        n_layers=c.num_hidden_layers, n_heads=n_heads, n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
-        d_head=getattr(c, "head_dim", None) or c.hidden_size // n_heads, d_model=c.hidden_size,
-        d_mlp=c.intermediate_size,
-    )
-
-
-def all_components(model, kinds: Sequence[str] = ("mlp", "head")) -> list[Component]:
+def all_components(model: Model, kinds: Sequence[str] = ("mlp", "head")) -> list[Component]:
     """Every MLP and/or head of the model, in layer order."""
-    s = model_shape(model)
+    s = arch(model)
     out: list[Component] = []
     for layer in range(s.n_layers):
         if "head" in kinds:
@@ -158,9 +130,9 @@ def all_components(model, kinds: Sequence[str] = ("mlp", "head")) -> list[Compon
     return out
 
 
-def check_in_range(model, components: Iterable[Component]) -> None:
+def check_in_range(model: Model, components: Iterable[Component]) -> None:
     """Raise ValueError naming any component whose layer or head does not exist in ``model``."""
-    s = model_shape(model)
+    s = arch(model)
     for c in components:
         if not 0 <= c.layer < s.n_layers:
             raise ValueError(f"{c}: layer {c.layer} out of range (model has {s.n_layers} layers)")
@@ -190,11 +162,11 @@ def _attn_names(layer: int) -> dict[str, str]:
     return {k: f"{p}.{k}_proj.weight" for k in ("q", "k", "v", "o")}
 
 
-def component_slices(model, components: Iterable[Component], kv: KVPolicy = "group") -> list[ParamSlice]:
+def component_slices(model: Model, components: Iterable[Component], kv: KVPolicy = "group") -> list[ParamSlice]:
     """The parameter slices a set of components owns (see the module docstring for the k/v rule)."""
     components = list(dict.fromkeys(components))
     check_in_range(model, components)
-    s = model_shape(model)
+    s = arch(model)
     names = hf_parameters(model)
     out: list[ParamSlice] = []
     heads_by_layer: dict[int, set[int]] = {}
@@ -225,7 +197,9 @@ def component_slices(model, components: Iterable[Component], kv: KVPolicy = "gro
     return out
 
 
-def trainable_masks(model, components: Iterable[Component], kv: KVPolicy = "group") -> dict[str, torch.Tensor | None]:
+def trainable_masks(
+    model: Model, components: Iterable[Component], kv: KVPolicy = "group"
+) -> dict[str, torch.Tensor | None]:
     """For each owned parameter: None if owned whole, else a boolean mask of the owned entries."""
     params = hf_parameters(model)
     masks: dict[str, torch.Tensor | None] = {}
@@ -246,7 +220,7 @@ def trainable_masks(model, components: Iterable[Component], kv: KVPolicy = "grou
     return {k: (None if m is not None and bool(m.all()) else m) for k, m in masks.items()}
 
 
-def n_params(model, components: Iterable[Component], kv: KVPolicy = "group") -> int:
+def n_params(model: Model, components: Iterable[Component], kv: KVPolicy = "group") -> int:
     """Exact number of parameters a set of components owns (shared slices counted once)."""
     params = hf_parameters(model)
     total = 0
@@ -255,6 +229,6 @@ def n_params(model, components: Iterable[Component], kv: KVPolicy = "group") -> 
     return total
 
 
-def component_n_params(model, c: Component, kv: KVPolicy = "group") -> int:
+def component_n_params(model: Model, c: Component, kv: KVPolicy = "group") -> int:
     """Parameters one component owns on its own (a lone head: its q rows and o columns)."""
     return n_params(model, [c], kv)

@@ -20,6 +20,7 @@ import torch
 
 from mechedit.cache import cache_dir, cache_entries, inspect_cache, load_or_build, quiet_transformers
 from mechedit.factworld import load_factworld_hf
+from patching.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class ModelInfo:
     chat: bool  # whether the tokenizer has a chat template (instruct model)
 
 
-def model_info(model) -> ModelInfo:
+def model_info(model: Model) -> ModelInfo:
     """Return the ModelInfo attached by ``load_model`` (or a sensible default for foreign bridges)."""
     info = getattr(model, "_mechedit_info", None)
     if info is None:
@@ -196,7 +197,7 @@ def available_models() -> list[dict]:
     return rows
 
 
-def hf_model_of(model) -> torch.nn.Module:
+def hf_model_of(model: Model) -> torch.nn.Module:
     """Return the HF model wrapped by a bridge (parameters are shared with the bridge)."""
     return model.original_model
 
@@ -204,7 +205,7 @@ def hf_model_of(model) -> torch.nn.Module:
 _BRIDGE_INFIX = "._original_component"
 
 
-def hf_parameters(model) -> dict[str, torch.nn.Parameter]:
+def hf_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
     """The model's parameters under their plain HF names (``model.layers.0.mlp.up_proj.weight``).
 
     The bridge re-parents HF modules, so ``named_parameters()`` shows ``._original_component`` infixes; mechedit
@@ -213,7 +214,7 @@ def hf_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {name.replace(_BRIDGE_INFIX, ""): p for name, p in hf_model_of(model).named_parameters()}
 
 
-def save_hf(model, directory: str | Path) -> None:
+def save_hf(model: Model, directory: str | Path) -> None:
     """Save a (possibly edited) bridged model as a plain HF checkpoint + tokenizer that ``load_model`` reads."""
     hf = hf_model_of(model)
     state = {k: v.detach().clone() for k, v in hf_parameters(model).items()}
@@ -223,7 +224,7 @@ def save_hf(model, directory: str | Path) -> None:
     model.tokenizer.save_pretrained(directory)
 
 
-def fingerprint(model) -> str:
+def fingerprint(model: Model) -> str:
     """A short hash of a model's parameter names, shapes and a sample of values (identifies a base model)."""
     h = hashlib.sha256()
     for name, p in sorted(hf_parameters(model).items()):

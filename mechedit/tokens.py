@@ -39,6 +39,24 @@ class PromptBatch:
         )
 
 
+def pad_left(
+    rows: Sequence[Sequence[int] | torch.Tensor], pad: float = 0
+) -> tuple[torch.Tensor, Int[torch.Tensor, "batch pos"]]:
+    """Stack rows (token-id lists, or tensors whose first dim is the position) with padding on the left.
+
+    Returns ``(batch, attention_mask)``; the last column holds every row's last element, so "the last position"
+    is always column -1.
+    """
+    rows = [r if isinstance(r, torch.Tensor) else torch.tensor(list(r), dtype=torch.long) for r in rows]
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width, *rows[0].shape[1:]), pad, dtype=rows[0].dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return out, mask
+
+
 def encode(
     tokenizer, texts: Sequence[str], subjects: Sequence[str | None] | None = None, prepend_bos: bool = False
 ) -> PromptBatch:
@@ -68,14 +86,8 @@ def encode(
             starts.append(-1)
             lasts.append(-1)
         rows.append(ids)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    shift = torch.tensor([width - len(r) for r in rows])
+    input_ids, mask = pad_left(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    shift = torch.tensor([input_ids.shape[1] - len(r) for r in rows])
     s = torch.tensor(starts)
     e = torch.tensor(lasts)
     return PromptBatch(input_ids, mask, torch.where(s >= 0, s + shift, s), torch.where(e >= 0, e + shift, e))

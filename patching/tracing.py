@@ -15,11 +15,12 @@ from torch import Tensor
 from patching.activation import Components, activation_patch
 from patching.corrupt import gaussian_noise
 from patching.metrics import answer_prob
+from patching.model import Model
 from patching.result import PatchResult
 
 
 def causal_trace(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
     subject_start: Int[Tensor, " batch"], subject_last: Int[Tensor, " batch"], answer_ids: Int[Tensor, " batch"],
     *, components: Components = "mlps", noise_scale: float | None = None, multiplier: float = 3.0,
     positions: Bool[Tensor, "batch pos"] | None = None, n_samples: int = 1, seed: int = 0,

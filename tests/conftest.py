@@ -14,6 +14,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: it reads the flag once
 
+from jaxtyping import install_import_hook  # noqa: E402
+
+# every annotation in mechedit, probes and patching (types, and jaxtyping tensor shapes) is checked at run time
+# in the tests: the hook decorates their functions and dataclasses with beartype as they are imported, so it is
+# installed before any of them is. An int passes for a float (PEP 484's numeric tower).
+install_import_hook(["mechedit", "probes", "patching"],
+                    "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -35,26 +35,26 @@ def test_compare_writes_every_file(run_dir):
         assert len(metrics["per_seed"]) == 2 and metrics["verdict"] in ("removed", "suppressed")
     assert json.loads((out / "summary.json").read_text())["settings"]["seeds"] == 2
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert [r["method"] for r in rows] == list(summary["methods"])
-    assert len(summary["runs"]) == 8 and summary["elapsed_seconds"] > 0
-    versions = summary["versions"]
+    assert [r["method"] for r in rows] == list(summary.methods)
+    assert len(summary.runs) == 8 and summary.elapsed_seconds > 0
+    versions = summary.versions
     assert all(versions[k][0].isdigit() for k in ("mechedit", "torch", "transformers", "transformer_lens")), versions
 
 
 def test_compare_numbers_are_real_and_budgets_match(run_dir):
     _, summary = run_dir
-    runs = {(r["method"], r["seed"]): r for r in summary["runs"]}
+    runs = {(r.method, r.seed): r for r in summary.runs}
     for seed in (0, 1):
         probe, rnd = runs[("probe", seed)], runs[("random", seed)]
         # the random baseline is cut to the probe localization's parameter budget (never above it)
-        assert 0 < rnd["metrics"]["n_params_trained"] <= probe["metrics"]["n_params_trained"]
-        assert runs[("nonlocalized", seed)]["metrics"]["n_params_trained"] > probe["metrics"]["n_params_trained"]
+        assert 0 < rnd.metrics["n_params_trained"] <= probe.metrics["n_params_trained"]
+        assert runs[("nonlocalized", seed)].metrics["n_params_trained"] > probe.metrics["n_params_trained"]
         # the probe is fitted on the whole known relation, not on the 8 + 24 facts being edited
-        assert probe["localization"]["extra"]["n_facts"] >= 300
+        assert probe.localization.extra["n_facts"] >= 300
     # the fact-lookup localization edits the facts on factworld (measured: 1.00)
-    assert summary["methods"]["probe"]["columns"]["edit_accuracy"]["mean"] >= 0.9
-    assert summary["methods"]["nonlocalized"]["columns"]["edit_accuracy"]["mean"] >= 0.9
-    for m in summary["methods"].values():
+    assert summary.methods["probe"]["columns"]["edit_accuracy"]["mean"] >= 0.9
+    assert summary.methods["nonlocalized"]["columns"]["edit_accuracy"]["mean"] >= 0.9
+    for m in summary.methods.values():
         assert m["columns"]["maintain_accuracy"]["mean"] >= 0.7
         assert sum(m["verdicts"].values()) == 2
 

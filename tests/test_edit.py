@@ -7,12 +7,13 @@ import hashlib
 import pytest
 import torch
 
-from mechedit.components import MLP, Head, model_shape, n_params, trainable_masks
+from mechedit.components import MLP, Head, n_params, trainable_masks
 from mechedit.edit import EditConfig, EditError, Objective, Terms, compose, edit, edit_sequence
 from mechedit.edit.masking import TrainableSet
 from mechedit.localize.localization import make_localization
 from mechedit.models import hf_model_of, hf_parameters
 from mechedit.scoring import score_facts
+from patching.model import arch
 
 FAST = EditConfig(steps=30, lr=2e-3)
 
@@ -60,7 +61,7 @@ def test_edit_sport_facts_with_fact_lookup_mlps(fresh_factworld, sport_facts):
 def test_head_slices_do_not_leak_into_neighbours(fresh_factworld, sport_facts):
     """Weight decay and AdamW moments must not move the unowned rows/columns of a partly owned tensor."""
     model = fresh_factworld()
-    s = model_shape(model)
+    s = arch(model)
     comps = [Head(2, 1), MLP(3)]
     loc = make_localization(model, "manual", comps)
     before = snapshot(model)
@@ -192,7 +193,7 @@ def test_edit_with_probe_localization(fresh_factworld, sport_facts):
 
     model = fresh_factworld()
     loc = localize(model, sport_facts, "probe", progress=False)
-    assert loc.mlps and loc.n_params < n_params(model, [MLP(i) for i in range(model_shape(model).n_layers)])
+    assert loc.mlps and loc.n_params < n_params(model, [MLP(i) for i in range(arch(model).n_layers)])
     facts = sport_facts.mark_forget(16, seed=0)
     edit(model, facts, loc, "edit", EditConfig(steps=60, lr=3e-3), progress=False)
     assert score_facts(model, facts.forget_set()).mean("target_correct") >= 0.95
@@ -201,8 +202,9 @@ def test_edit_with_probe_localization(fresh_factworld, sport_facts):
 
 def test_forward_from_first_trained_layer_matches_full_forward(fresh_factworld, sport_facts):
     """The cached-prefix forward (training starts at the earliest trained layer) changes speed, not results."""
-    from mechedit.edit.data import pad_left, token_rows
+    from mechedit.edit.data import token_rows
     from mechedit.edit.prefix import PrefixCache, full_hidden
+    from mechedit.tokens import pad_left
 
     model = fresh_factworld()
     rows = token_rows(model, [f.render() for f in sport_facts[:6]] + ["Options: tennis, golf. Answer: golf"])

@@ -20,7 +20,7 @@ from mechedit.evaluate import (
     score_behaviour,
 )
 from mechedit.evaluate.copying import clone_model
-from mechedit.evaluate.evaluation import GUIDE_KEYS
+from mechedit.evaluate.evaluation import METRIC_KEYS
 from mechedit.facts import FactError
 from mechedit.models import fingerprint, hf_parameters
 
@@ -150,12 +150,12 @@ def test_evaluate_an_edit_end_to_end(factworld, edit_facts, small_edit, tmp_path
                   max_maintain=32, progress=False)
     assert fingerprint(factworld) == before  # evaluated on an edited copy
     m = ev.metrics
-    assert all(k in m for k in GUIDE_KEYS)
+    assert all(k in m for k in METRIC_KEYS)
     assert m["forget_accuracy"] <= 0.25 and m["edit_accuracy"] >= 0.75 and m["maintain_accuracy"] >= 0.8
     assert m["n_params_trained"] == small_edit.n_params_trained and m["fluency_kl"] > 0
     assert m["neighborhood_accuracy"] is None  # factworld facts have no neighbourhood prompts
     assert len(m["latent_probe_accuracy"]) == 4 and m["verdict"] in ("removed", "suppressed")
-    assert ev.original_behaviour.forget_accuracy == 1.0 and ev.meta["mcq_shots"] == 0  # prefix hurts factworld
+    assert ev.original_behaviour.forget_accuracy == 1.0 and ev.extra["mcq_shots"] == 0  # prefix hurts factworld
     lat = ev.latent
     assert max(lat.original_quality["last"]) >= 0.9  # probes work on the original model's maintain facts
     assert lat.original_before["last"][-1] >= 0.9
@@ -189,7 +189,7 @@ def test_cli_evaluate_and_wrong_model(edit_facts, small_edit, tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads(out.read_text())
     assert metrics["forget_accuracy"] <= 0.25 and metrics["verdict"] is None  # no relearning, no probes
-    assert metrics["behaviour"]["n_forget"] == 16 and metrics["meta"]["facts_source"].startswith("marks from")
+    assert metrics["behaviour"]["n_forget"] == 16 and metrics["extra"]["facts_source"].startswith("marks from")
     meta = json.loads((edit_dir / "edit.json").read_text())
     meta["base_fingerprint"] = meta["edited_fingerprint"] = "0123456789abcdef"
     (edit_dir / "edit.json").write_text(json.dumps(meta))

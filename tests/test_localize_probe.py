@@ -71,7 +71,7 @@ def test_probe_localization_factworld(factworld, world_facts, sport_loc):
     assert curve[end] >= max(curve) - margin - 1e-9
     assert max(curve) - before >= 0.5 and max(curve) >= 0.8
     assert end < 3  # the lookup happens where later heads can still read it (factworld v2)
-    assert set(loc.scores) == {f"mlp.{layer}" for layer in range(4)}
+    assert set(loc.scores) == {MLP(layer) for layer in range(4)}
     np.testing.assert_allclose(sum(loc.scores.values()), curve[-1] - ex["embed_accuracy"]["subject"], atol=1e-9)
     # the subject comes first in factworld prompts, so the full prompt gives the same activations at the subject
     np.testing.assert_allclose(ex["curves"]["full"], ex["curves"]["subject"], atol=1e-9)

@@ -10,12 +10,12 @@ from rich.table import Table
 
 from mechedit.cli import app
 from mechedit.cli.common import console, user_errors
-from mechedit.compare import CompareSettings, summary_title, table_rows
+from mechedit.compare import CompareSettings, Comparison, summary_title, table_rows
 from mechedit.compare import compare as run_compare
 from mechedit.report import write_report
 
 
-def summary_table(summary: dict) -> Table:
+def summary_table(summary: Comparison) -> Table:
     """One row per method: mean ± spread over seeds of the headline metrics, verdicts and parameters."""
     headers, rows = table_rows(summary)
     table = Table(title=summary_title(summary))

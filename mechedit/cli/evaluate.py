@@ -76,7 +76,7 @@ def evaluate(
     plots: bool = typer.Option(False, "--plots", help="also write verification figures (HTML) next to --out"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Verify an edit: is the fact gone, or only hidden? Writes metrics.json (GUIDE §3 keys + curves)."""
+    """Verify an edit: is the fact gone, or only hidden? Writes metrics.json (headline metrics + curves)."""
     with user_errors():
         t0 = time.time()
         m = load_model(model)
@@ -89,7 +89,7 @@ def evaluate(
                               diagnostics=diagnostics, max_maintain=max_maintain)
         except EditError as exc:  # one red line, like every other user-facing error
             raise ValueError(str(exc)) from None
-        ev.meta["facts_source"] = source
+        ev.extra["facts_source"] = source
         ev.save(out)
         metrics = ev.metrics
         table = Table(title=f"verification of {'the edit in ' + str(edit) if edit else model} on "

@@ -53,7 +53,7 @@ def localize(
     n_facts: int | None = typer.Option(None, "--n-facts", help="use a seeded sample of this many facts"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Localize where MODEL stores FACTS and write loc.json (contract: GUIDE §3)."""
+    """Localize where MODEL stores FACTS and write loc.json (layout: README, Localizers)."""
     with user_errors():
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -71,7 +71,7 @@ def localize(
         table.add_column("component")
         table.add_column("score", justify="right")
         for c in loc.components:
-            table.add_row(str(c), f"{loc.scores.get(str(c), float('nan')):.3f}")
+            table.add_row(str(c), f"{loc.scores.get(c, float('nan')):.3f}")
         console.print(table)
         console.print(f"{len(loc.components)} components, {loc.n_params:,} parameters → {out}")
         for p in plot:

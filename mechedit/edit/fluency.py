@@ -15,6 +15,7 @@ from mechedit.data import data_path
 from mechedit.edit.config import EditError
 from mechedit.facts import FactSet
 from mechedit.models import model_info
+from patching.model import Model
 
 BUNDLED_FLUENCY = "fluency.txt"
 N_FACT_SENTENCES = 64
@@ -42,7 +43,7 @@ def read_texts(path: str | Path) -> list[str]:
     return texts
 
 
-def fluency_texts(model, maintain: FactSet | None, source: str, seed: int) -> tuple[list[str], str]:
+def fluency_texts(model: Model, maintain: FactSet | None, source: str, seed: int) -> tuple[list[str], str]:
     """The fluency texts for ``model`` and a one-line description of where they came from."""
     if source == "auto":
         source = "facts" if model_info(model).name == "factworld" else "bundled"

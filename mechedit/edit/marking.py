@@ -5,9 +5,10 @@ from __future__ import annotations
 from mechedit.facts import FactSet, load_facts
 from mechedit.scoring import known_facts
 from mechedit.tokens import validate_facts
+from patching.model import Model
 
 
-def marked_facts(model, facts_spec: str, objective: str, n_forget: int, seed: int, known_only: bool) -> FactSet:
+def marked_facts(model: Model, facts_spec: str, objective: str, n_forget: int, seed: int, known_only: bool) -> FactSet:
     """Load FACTS; if no row has a target or forget flag, mark a seeded sample of known facts (targets for edit)."""
     fs = validate_facts(model.tokenizer, load_facts(facts_spec), on_collision="drop")
     if any(f.changes for f in fs):

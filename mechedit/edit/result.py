@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,14 +22,15 @@ from safetensors.torch import load_file, save_file
 from mechedit.edit.config import EditConfig, EditError
 from mechedit.localize.localization import Localization
 from mechedit.models import fingerprint, hf_parameters
+from mechedit.results import SavedResult
+from patching.model import Model
 
-FORMAT_VERSION = 1
 TENSORS_FILE = "delta.safetensors"
 META_FILE = "edit.json"
 
 
 @dataclass
-class EditResult:
+class EditResult(SavedResult):
     """The weight change made by ``edit`` (only trained tensors), how it was made, and its training log."""
 
     objective: str
@@ -43,6 +45,8 @@ class EditResult:
     index: dict[str, torch.Tensor | None]  # name -> owned flat indices, None for whole tensors
     shapes: dict[str, tuple[int, ...]]
     extra: dict = field(default_factory=dict)  # e.g. wall time, fluency-text source, fact counts
+
+    FILENAME: ClassVar[str] = META_FILE
 
     # ------------------------------------------------------------------ views
     @property
@@ -104,30 +108,30 @@ class EditResult:
             else:
                 p.view(-1)[self.index[name]] = values[name]
 
-    def apply(self, model) -> None:
+    def apply(self, model: Model) -> None:
         """Write the edited values into ``model`` (which must be this edit's base model), in place."""
         if self._state(model) == "edited":
             raise EditError("this edit is already applied to the model")
         self._write(model, self.new)
 
-    def revert(self, model) -> None:
+    def revert(self, model: Model) -> None:
         """Restore the original values in ``model`` (which must carry this edit), bit-exactly, in place."""
         if self._state(model) == "base":
             raise EditError("the model does not carry this edit (its edited entries hold the original values)")
         self._write(model, self.old)
 
     # ------------------------------------------------------------------ I/O
-    def metadata(self) -> dict:
-        """The JSON part of the saved result."""
+    def to_dict(self) -> dict:
+        """The JSON part of the saved result (edit.json); the tensors go to delta.safetensors."""
         return {
-            "format_version": FORMAT_VERSION, "objective": self.objective, "config": self.config.to_dict(),
+            "objective": self.objective, "config": self.config.to_dict(),
             "localization": self.localization.to_dict(), "base_fingerprint": self.base_fingerprint,
             "edited_fingerprint": self.edited_fingerprint, "n_params_trained": self.n_params_trained,
             "shapes": {k: list(v) for k, v in self.shapes.items()}, "log": self.log, "extra": self.extra,
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``delta.safetensors`` and ``edit.json`` into ``directory`` (created if needed)."""
+    def save(self, directory: str | Path) -> Path:  # type: ignore[override]  # always a directory
+        """Write ``delta.safetensors`` and ``edit.json`` into ``directory`` (created if needed); returns it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {}
@@ -137,30 +141,35 @@ class EditResult:
             if self.index[name] is not None:
                 tensors[f"index/{name}"] = self.index[name].contiguous()
         save_file(tensors, str(directory / TENSORS_FILE))
-        (directory / META_FILE).write_text(json.dumps(self.metadata(), indent=1))
+        super().save(directory)
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, model=None) -> EditResult:
+    def load(cls, directory: str | Path, model: Model | None = None) -> EditResult:  # type: ignore[override]
         """Read a saved result; with ``model``, refuse unless the model is its base (or already carries it)."""
         directory = Path(directory)
         if not (directory / META_FILE).is_file() or not (directory / TENSORS_FILE).is_file():
             raise FileNotFoundError(f"{directory} is not an edit directory (needs {META_FILE} and {TENSORS_FILE})")
         meta = json.loads((directory / META_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise EditError(f"{directory}: unsupported edit format version {meta.get('format_version')!r}")
-        tensors = load_file(str(directory / TENSORS_FILE))
+        cls.check_version(meta, directory / META_FILE)
+        result = cls.from_dict(meta, load_file(str(directory / TENSORS_FILE)))
+        if model is not None:
+            result._state(model)
+        return result
+
+    @classmethod
+    def from_dict(cls, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> EditResult:
+        """Inverse of ``to_dict`` given the tensors of delta.safetensors (``old/``, ``new/``, ``index/<name>``)."""
+        if tensors is None:
+            raise EditError("an EditResult needs its tensors (delta.safetensors) besides edit.json; use load(dir)")
         shapes = {k: tuple(v) for k, v in meta["shapes"].items()}
-        result = cls(
+        return cls(
             objective=meta["objective"], config=EditConfig.from_dict(meta["config"]),
             localization=Localization.from_dict(meta["localization"]), base_fingerprint=meta["base_fingerprint"],
             edited_fingerprint=meta["edited_fingerprint"], n_params_trained=int(meta["n_params_trained"]),
             log=meta["log"], old={n: tensors[f"old/{n}"] for n in shapes}, new={n: tensors[f"new/{n}"] for n in shapes},
             index={n: tensors.get(f"index/{n}") for n in shapes}, shapes=shapes, extra=meta.get("extra", {}),
         )
-        if model is not None:
-            result._state(model)
-        return result
 
 
 def compose(results: Sequence[EditResult]) -> EditResult:

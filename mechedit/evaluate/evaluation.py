@@ -1,21 +1,20 @@
 """``evaluate``: behaviour, relearning attack, latent probes, representation diagnostics and the verdict of one edit.
 
-``metrics.json`` (``Evaluation.save``) holds the GUIDE §3 keys at the top level — each a number in [0, 1] or
-``null`` when there was nothing to measure (never 0 for "not measured") — plus the renormalized probabilities
+``metrics.json`` (``Evaluation.save``) holds the headline keys (``METRIC_KEYS``) at the top level — each a number in
+[0, 1] or ``null`` when there was nothing to measure (never 0 for "not measured") — plus the renormalized probabilities
 and the sections ``behaviour``, ``original_behaviour``, ``relearn``, ``latent``, ``diagnostics``, ``verdict_inputs``
-and ``meta`` with the per-layer lists, curves and every number the verdict used.
+and ``extra`` (free-form: facts source, MCQ shots, timings) with the per-layer lists, curves and every number
+the verdict used.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from mechedit.components import model_shape
 from mechedit.edit import EditError
 from mechedit.edit.fluency import fluency_texts
 from mechedit.evaluate.behaviour import Behaviour, choose_shots, fluency_kl, score_behaviour
@@ -26,9 +25,12 @@ from mechedit.evaluate.relearn import RelearnConfig, RelearnResult, relearn_atta
 from mechedit.evaluate.verdict import Verdict, VerdictRule, decide
 from mechedit.facts import FactSet
 from mechedit.models import fingerprint, model_info
+from mechedit.results import SavedResult
+from mechedit.stats import chance_accuracy
+from patching.model import arch
 
-# GUIDE §3 keys, in order, then the renormalized probabilities
-GUIDE_KEYS = ("forget_accuracy", "edit_accuracy", "maintain_accuracy", "paraphrase_edit_accuracy",
+# the headline metric keys of metrics.json, in order (PROB_KEYS: the renormalized probabilities and more)
+METRIC_KEYS = ("forget_accuracy", "edit_accuracy", "maintain_accuracy", "paraphrase_edit_accuracy",
               "mcq_forget_error", "mcq_edit_accuracy", "neighborhood_accuracy", "relearn_accuracy",
               "latent_probe_accuracy", "fluency_kl", "verdict", "n_params_trained")
 PROB_KEYS = ("forget_prob", "edit_prob", "maintain_prob", "paraphrase_forget_accuracy", "paraphrase_forget_prob",
@@ -37,7 +39,7 @@ PROB_KEYS = ("forget_prob", "edit_prob", "maintain_prob", "paraphrase_forget_acc
 
 
 @dataclass
-class Evaluation:
+class Evaluation(SavedResult):
     """Everything ``evaluate`` measured; ``to_dict`` is the metrics.json layout."""
 
     behaviour: Behaviour
@@ -45,10 +47,12 @@ class Evaluation:
     fluency_kl: float | None = None  # mean next-token KL(original ‖ edited) on generic text
     relearn: RelearnResult | None = None
     latent: LatentProbes | None = None
-    diagnostics: object | None = None  # mechedit.evaluate.diagnostics.Diagnostics
+    diagnostics: Diagnostics | None = None
     verdict: Verdict | None = None
     n_params_trained: int | None = None
-    meta: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    FILENAME: ClassVar[str] = "metrics.json"
 
     @property
     def latent_probe_accuracy(self) -> list[float] | None:
@@ -59,9 +63,9 @@ class Evaluation:
 
     @property
     def metrics(self) -> dict:
-        """The flat metrics: GUIDE §3 keys, then renormalized probabilities and extra accuracies."""
+        """The flat metrics: METRIC_KEYS, then renormalized probabilities and extra accuracies."""
         b = self.behaviour
-        out = {k: getattr(b, k) for k in GUIDE_KEYS[:7]}
+        out = {k: getattr(b, k) for k in METRIC_KEYS[:7]}
         out["relearn_accuracy"] = None if self.relearn is None else self.relearn.relearn_accuracy
         out["latent_probe_accuracy"] = self.latent_probe_accuracy
         out["fluency_kl"] = self.fluency_kl
@@ -82,15 +86,8 @@ class Evaluation:
         d["latent"] = None if self.latent is None else self.latent.to_dict()
         d["diagnostics"] = None if self.diagnostics is None else self.diagnostics.to_dict()
         d["verdict_inputs"] = None if self.verdict is None else self.verdict.to_dict()
-        d["meta"] = self.meta
+        d["extra"] = self.extra
         return _jsonable(d)
-
-    def save(self, path: str | Path) -> Path:
-        """Write metrics.json."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
 
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:
@@ -103,13 +100,8 @@ class Evaluation:
             fluency_kl=d.get("fluency_kl"), relearn=build(RelearnResult, d.get("relearn")),
             latent=build(LatentProbes, d.get("latent")), diagnostics=build(Diagnostics, d.get("diagnostics")),
             verdict=build(Verdict, d.get("verdict_inputs")), n_params_trained=d.get("n_params_trained"),
-            meta=d.get("meta", {}),
+            extra=d.get("extra", d.get("meta", {})),  # "meta": files written before the field was renamed
         )
-
-    @classmethod
-    def load(cls, path: str | Path) -> Evaluation:
-        """Read metrics.json."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def _jsonable(x):
@@ -132,9 +124,9 @@ def resolve_models(model, edit=None, original=None) -> tuple[object, object | No
     is rebuilt on a copy by reverting); any other model raises EditError naming both fingerprints.
     """
     if edit is None:
-        if original is not None and model_shape(original) != model_shape(model):
-            raise ValueError(f"original and edited models differ in architecture: {model_shape(original)} vs "
-                             f"{model_shape(model)}")
+        if original is not None and arch(original) != arch(model):
+            raise ValueError(f"original and edited models differ in architecture: {arch(original)} vs "
+                             f"{arch(model)}")
         return model, original, False
 
     fp = fingerprint(model)
@@ -189,7 +181,7 @@ def evaluate(
     else:
         ev_meta = {"mcq_shots": n_shots}
     kw = dict(seed=seed, n_shots=n_shots, max_maintain=max_maintain, batch_size=batch_size, progress=progress)
-    ev = Evaluation(behaviour=timed("behaviour", score_behaviour, edited, facts, **kw), meta=ev_meta)
+    ev = Evaluation(behaviour=timed("behaviour", score_behaviour, edited, facts, **kw), extra=ev_meta)
     if original is not None:
         ev.original_behaviour = original_behaviour or timed("original_behaviour", score_behaviour, original, facts,
                                                             **kw)
@@ -197,22 +189,23 @@ def evaluate(
         maintain = facts.maintain_set() if len(facts.forget_set()) < len(facts) else None
         texts, source = fluency_texts(original, maintain, fluency_text, seed)
         ev.fluency_kl = timed("fluency", fluency_kl, original, edited, texts, progress=progress)
-        ev.meta["fluency_text"] = source
+        ev.extra["fluency_text"] = source
+    relearned = None  # the relearned copy, kept only for the diagnostics (results never hold live models)
     if relearn:
-        ev.relearn = timed("relearn", relearn_attack, edited, facts, relearn_config, original=original, seed=seed,
-                           keep_model=diagnostics, progress=progress)
+        ev.relearn, relearned = timed("relearn", relearn_attack, edited, facts, relearn_config, original=original,
+                                      seed=seed, keep_model=True, progress=progress)
+        relearned = relearned if diagnostics else None
     if latent and original is not None:
         ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
                            train_facts=latent_train)
     if diagnostics and original is not None:
 
         ev.diagnostics = timed("diagnostics", diagnose, original, edited, facts.forget_set(),
-                               relearned=None if ev.relearn is None else ev.relearn.model, progress=progress)
-    if ev.relearn is not None:
-        ev.relearn.model = None  # free the relearned copy
+                               relearned=relearned, progress=progress)
+    del relearned  # free the relearned copy
     ev.verdict = verdict_of(ev, facts, rule)
     ev.n_params_trained = None if edit is None else int(edit.n_params_trained)
-    ev.meta.update({
+    ev.extra.update({
         "model": model_info(original if original is not None else edited).name,
         "base_fingerprint": None if original is None else fingerprint(original),
         "edited_fingerprint": fingerprint(edited), "facts": facts.name, "n_facts": len(facts), "seed": seed,
@@ -226,7 +219,7 @@ def evaluate(
 def verdict_of(ev: Evaluation, facts: FactSet, rule: VerdictRule | None = None) -> Verdict:
     """Feed an evaluation's numbers to the verdict rule."""
     forget = facts.forget_set()
-    chance = float(np.mean([1.0 / len(f.candidates) for f in forget]))
+    chance = chance_accuracy([len(f.candidates) for f in forget])
     lat_after = lat_before = lat_chance = None
     if ev.latent is not None:
         lat_after = ev.latent.best("original_true")

@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from mechedit.components import model_shape
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
+from mechedit.stats import chance_accuracy, majority_chance
 from mechedit.tokens import encode
+from patching.model import arch
 from probes import LogisticProbe, ProbeConvergenceWarning, collect_activations, stratified_split
 
 POSITIONS = ("subject_last", "last")
@@ -71,7 +72,7 @@ def _features(model, facts: list[Fact], batch_size: int, progress: bool) -> torc
     b = encode(model.tokenizer, [f.render() for f in facts], [f.subject for f in facts],
                prepend_bos=model_info(model).prepend_bos)
     pos = torch.stack([b.subject_last, b.last], 1)
-    hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(model_shape(model).n_layers)]
+    hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(arch(model).n_layers)]
     return collect_activations(model, b.input_ids, b.attention_mask, pos, hooks, batch_size=batch_size,
                                progress=progress)
 
@@ -129,7 +130,7 @@ def latent_probes(
     if maintain is None:
         raise FactError("latent probes need maintain facts (facts not marked to change) to train on; "
                         f"'{facts.name}' has none")
-    n_layers = model_shape(original).n_layers
+    n_layers = arch(original).n_layers
     acc = {k: {p: np.zeros(n_layers) for p in POSITIONS} for k in
            ("original_true", "original_new", "original_before", "original_quality",
             "fresh_true", "fresh_new", "fresh_quality")}
@@ -166,8 +167,7 @@ def latent_probes(
             notes.append(f"relation {rel or '-'!r}: true answer(s) {unseen} absent from the maintain facts "
                          "(counted as misses)")
         # the best constant prediction: a probe that collapses to one class scores this much on these facts
-        top_share = max(y_true.count(a) for a in set(y_true)) / len(y_true)
-        chance_rel = max(top_share, float(np.mean([1 / len(f.candidates) for f in group])))
+        chance_rel = max(majority_chance(y_true), chance_accuracy([len(f.candidates) for f in group]))
         n_test, n_held = len(group), len(held)
         weights_test += n_test
         weights_quality += n_held

@@ -28,6 +28,8 @@ from mechedit.evaluate.copying import clear_captures, clone_model
 from mechedit.facts import FactError, FactSet
 from mechedit.models import hf_model_of, model_info
 from mechedit.scoring import score_facts
+from mechedit.stats import chance_accuracy
+from patching.model import Model
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,10 @@ class RelearnResult:
     n_heldout: int
     n_maintain: int
     config: dict = field(default_factory=dict)
-    model: object = field(default=None, repr=False, compare=False)  # the relearned copy (not serialized)
 
     def to_dict(self) -> dict:
-        """JSON-serializable dict (without the model)."""
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
+        """JSON-serializable dict."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
 
 
 def relearn_split(facts: FactSet) -> tuple[FactSet, FactSet, FactSet | None]:
@@ -82,11 +83,6 @@ def relearn_split(facts: FactSet) -> tuple[FactSet, FactSet, FactSet | None]:
     return first, second, facts.maintain_set() if len(forget) < len(facts) else None
 
 
-def chance_accuracy(facts: FactSet) -> float:
-    """Expected accuracy of a uniform guess over each fact's candidates."""
-    return float(np.mean([1.0 / len(f.candidates) for f in facts]))
-
-
 def recovery_score(after: float, chance: float, original: float | None) -> float | None:
     """(after − chance) / (original − chance), clipped to [0, 1]; None when the original was not above chance."""
     if original is None or original - chance <= 1e-9:
@@ -97,8 +93,10 @@ def recovery_score(after: float, chance: float, original: float | None) -> float
 def relearn_attack(
     edited, facts: FactSet, config: RelearnConfig | None = None, *, original=None, seed: int = 0,
     keep_model: bool = False, progress: bool = True,
-) -> RelearnResult:
-    """Run the relearning attack on a copy of ``edited`` (see the module docstring); ``edited`` is not modified."""
+) -> RelearnResult | tuple[RelearnResult, Model]:
+    """Run the relearning attack on a copy of ``edited`` (see the module docstring); ``edited`` is not modified.
+
+    ``keep_model=True`` returns ``(result, relearned copy)``: results never hold live models."""
     cfg = config or RelearnConfig()
     trained, heldout, maintain_pool = relearn_split(facts)
     n_maint = 0
@@ -140,11 +138,12 @@ def relearn_attack(
             read(step)
     opt.zero_grad(set_to_none=True)
     clear_captures(edited)  # the copy's forward passes left TransformerLens captures (with graphs) on the source
-    chance = chance_accuracy(heldout)
+    chance = chance_accuracy([len(f.candidates) for f in heldout])
     orig = float(score_facts(original, heldout).answer_correct.mean()) if original is not None else None
-    return RelearnResult(
+    result = RelearnResult(
         steps=steps, heldout_accuracy=h_acc, heldout_prob=h_prob, trained_accuracy=t_acc, loss=losses,
         relearn_accuracy=h_acc[-1], chance=chance, original_heldout_accuracy=orig,
         recovery=recovery_score(h_acc[-1], chance, orig), n_trained=len(trained), n_heldout=len(heldout),
-        n_maintain=n_maint, config=asdict(cfg), model=model if keep_model else None,
+        n_maintain=n_maint, config=asdict(cfg),
     )
+    return (result, model) if keep_model else result

@@ -27,11 +27,12 @@ from typing import Literal
 
 import torch
 
-from mechedit.components import MLP, Attn, all_components, model_shape
+from mechedit.components import MLP, Attn, all_components
 from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization, cut_to_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, patch_setup, pick
 from patching.attribution import attribution_patch
+from patching.model import Model, arch
 from patching.tracing import causal_trace
 
 
@@ -40,7 +41,7 @@ def _kinds(include_heads: bool) -> str:
 
 
 def localize_causal_tracing(
-    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
     max_facts: int | None = 64, n_samples: int = 3, positions: Literal["all", "subject_last"] = "all",
     include_heads: bool = False, fraction: float = 0.5, max_rows: int | None = None,
 ) -> Localization:
@@ -65,7 +66,7 @@ def localize_causal_tracing(
 
 
 def localize_attribution(
-    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
     max_facts: int | None = 64, corruption: CorruptionKind = "swap", include_heads: bool = False,
     fraction: float = 0.5,
 ) -> Localization:
@@ -81,7 +82,7 @@ def localize_attribution(
 
 
 def localize_random(
-    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
     include_heads: bool = False, n: int | None = None,
 ) -> Localization:
     """A seeded random choice of MLPs (and heads) cut to ``budget`` (or ``n`` MLPs without one)."""
@@ -94,7 +95,7 @@ def localize_random(
             raise ValueError(f"budget {budget:,} parameters is smaller than any single component")
         rule = f"seeded random order cut to a budget of {budget:,} parameters"
     else:
-        k = n if n is not None else max(1, round(model_shape(model).n_layers / 4))
+        k = n if n is not None else max(1, round(arch(model).n_layers / 4))
         mlps = [c for c in order if isinstance(c, MLP)]
         if not 1 <= k <= len(mlps):
             raise ValueError(f"n must be between 1 and {len(mlps)} (the number of MLPs), got {k}")
@@ -104,17 +105,17 @@ def localize_random(
     return make_localization(model, "random", chosen, scores, extra={"rule": rule, "seed": seed})
 
 
-def localize_all_mlps(model, facts: FactSet, *, seed: int = 0, budget: int | None = None,
+def localize_all_mlps(model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None,
                       progress: bool = True) -> Localization:
     """Every MLP layer."""
     comps = all_components(model, ("mlp",))
     return make_localization(model, "all-mlps", comps, extra={"rule": "every MLP", "ignored_budget": budget})
 
 
-def localize_nonlocalized(model, facts: FactSet, *, seed: int = 0, budget: int | None = None,
+def localize_nonlocalized(model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None,
                           progress: bool = True) -> Localization:
     """Every MLP and attention layer: the whole model except embeddings, unembedding and norms."""
-    s = model_shape(model)
+    s = arch(model)
     comps = [c for layer in range(s.n_layers) for c in (Attn(layer), MLP(layer))]
     return make_localization(model, "nonlocalized", comps,
                              extra={"rule": "every MLP and attention layer (not embeddings/norms)",

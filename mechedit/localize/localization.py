@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
 
 from mechedit.components import (
     MLP,
@@ -15,23 +14,27 @@ from mechedit.components import (
     n_params,
     parse_component,
 )
+from mechedit.results import SavedResult
+from patching.model import Model
 
 
 @dataclass
-class Localization:
+class Localization(SavedResult):
     """Components chosen by a localizer (``method``), their scores, and method-specific data.
 
-    ``scores`` maps component labels (``"mlp.3"``, ``"head.3.1"``) to the localizer's score, covering
-    every component that was ranked (not only the chosen ones). ``extra`` holds curves, chosen ranges and
-    the rule's parameters, so a reader can see why these components were chosen.
+    ``scores`` maps components (``MLP(3)``, ``Head(3, 1)``) to the localizer's score, covering every component
+    that was ranked (not only the chosen ones); labels such as ``"mlp.3"`` are only the JSON form. ``extra``
+    holds curves, chosen ranges and the rule's parameters, so a reader can see why these components were chosen.
     """
 
     method: str
     components: list[Component]
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[Component, float] = field(default_factory=dict)
     n_params: int = 0
     probe_accuracy: list[float] | None = None
     extra: dict = field(default_factory=dict)
+
+    FILENAME: ClassVar[str] = "loc.json"
 
     @property
     def mlps(self) -> list[MLP]:
@@ -47,11 +50,11 @@ class Localization:
         return sorted(c.layer for c in self.mlps)
 
     def to_dict(self) -> dict:
-        """The loc.json form (GUIDE §3)."""
+        """The loc.json form (keys: method, components, scores, n_params, extra[, probe_accuracy])."""
         d = {
             "method": self.method,
             "components": [component_to_dict(c) for c in self.components],
-            "scores": self.scores,
+            "scores": {str(c): v for c, v in self.scores.items()},
             "n_params": self.n_params,
             "extra": self.extra,
         }
@@ -67,29 +70,21 @@ class Localization:
                 raise ValueError(f"localization JSON lacks '{key}'")
         return cls(
             method=d["method"], components=[parse_component(c) for c in d["components"]],
-            scores={k: float(v) for k, v in d.get("scores", {}).items()}, n_params=int(d.get("n_params", 0)),
+            scores={parse_component(k): float(v) for k, v in d.get("scores", {}).items()},
+            n_params=int(d.get("n_params", 0)),
             probe_accuracy=d.get("probe_accuracy"), extra=d.get("extra", {}),
         )
 
-    def save(self, path: str | Path) -> None:
-        """Write loc.json."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
-    @classmethod
-    def load(cls, path: str | Path) -> Localization:
-        """Read loc.json."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def make_localization(model, method: str, components: Sequence[Component], scores: dict[str, float] | None = None,
-                      **kw) -> Localization:
-    """Build a Localization, counting the chosen components' parameters on ``model``."""
+def make_localization(model: Model, method: str, components: Sequence[Component],
+                      scores: dict[Component, float] | dict[str, float] | None = None, **kw) -> Localization:
+    """Build a Localization, counting the chosen components' parameters on ``model`` (score labels are parsed)."""
     comps = list(dict.fromkeys(components))
-    return Localization(method, comps, dict(scores or {}), n_params(model, comps), **kw)
+    scores = {parse_component(k) if isinstance(k, str) else k: float(v) for k, v in (scores or {}).items()}
+    return Localization(method, comps, scores, n_params(model, comps), **kw)
 
 
-def cut_to_budget(model, ranked: Sequence[Component], budget: int) -> list[Component]:
+def cut_to_budget(model: Model, ranked: Sequence[Component], budget: int) -> list[Component]:
     """Take components in rank order while the union's parameter count stays within ``budget``.
 
     A component that would overshoot is skipped and smaller later ones may still fit, so the result
