@@ -10,6 +10,7 @@ import mechedit.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: it reads the flag once
@@ -28,7 +29,7 @@ import torch  # noqa: E402
 from mechedit.evaluate.copying import clone_model  # noqa: E402
 from mechedit.facts import load_factworld  # noqa: E402
 from mechedit.localize.patch_setup import patch_setup  # noqa: E402
-from mechedit.models import hf_parameters, load_model  # noqa: E402
+from mechedit.models import hf_parameters, load_model, wrap_hf  # noqa: E402
 from mechedit.tokens import encode  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -56,6 +57,28 @@ def sport_facts(world_facts):
 def fresh_factworld():
     """A factory returning a private factworld copy that a test may modify."""
     return lambda: load_model("factworld")
+
+
+TINY = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(factworld):
+    """Factory of a seeded, randomly initialised 2-layer Llama (d_model 48, 4 heads / 2 kv heads: GQA) with
+    factworld's tokenizer, wrapped like ``load_model`` wraps any HF model: for structural and equivalence tests
+    that need no trained knowledge. Every call returns a new, identical model (the caller may modify it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = factworld.tokenizer
+    config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=128, tie_word_embeddings=True,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         attn_implementation="eager", **TINY)
+
+    def make():
+        torch.manual_seed(0)
+        return wrap_hf(LlamaForCausalLM(config), copy.deepcopy(tok), "tiny-llama", prepend_bos=False)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from mechedit.facts import load_csv, load_facts
 from mechedit.models import load_model
 from mechedit.plots.verification import verification_figures
 from mechedit.tokens import validate_facts
+from patching.model import Model
 
 EDIT_FACTS_FILE = "facts.csv"  # written by `mechedit edit` next to the delta
 
@@ -37,7 +38,7 @@ def transfer_marks(facts, marked):
     return facts.subset(out)
 
 
-def facts_for(model, facts_spec: str, edit_dir: Path | None, objective: str, n_forget: int, seed: int,
+def facts_for(model: Model, facts_spec: str, edit_dir: Path | None, objective: str, n_forget: int, seed: int,
               known_only: bool):
     """The marked facts to evaluate: FACTS' own marks, else the edit's facts.csv marks, else a seeded sample."""
     fs = validate_facts(model.tokenizer, load_facts(facts_spec), on_collision="drop")

@@ -27,7 +27,7 @@ from mechedit.facts import FactSet
 from mechedit.models import fingerprint, model_info
 from mechedit.results import SavedResult
 from mechedit.stats import chance_accuracy
-from patching.model import arch
+from patching.model import Model, arch
 
 # the headline metric keys of metrics.json, in order (PROB_KEYS: the renormalized probabilities and more)
 METRIC_KEYS = ("forget_accuracy", "edit_accuracy", "maintain_accuracy", "paraphrase_edit_accuracy",
@@ -117,7 +117,7 @@ def _jsonable(x):
     return x
 
 
-def resolve_models(model, edit=None, original=None) -> tuple[object, object | None, bool]:
+def resolve_models(model: Model, edit=None, original: Model | None = None) -> tuple[object, object | None, bool]:
     """(edited, original, made_copy): which model is which, applying or reverting ``edit`` on a **copy**.
 
     With ``edit``, ``model`` may be its base model (an edited copy is made) or already carry it (the original
@@ -148,7 +148,7 @@ def resolve_models(model, edit=None, original=None) -> tuple[object, object | No
 
 
 def evaluate(
-    model, facts: FactSet, edit=None, original=None, *, seed: int = 0, relearn: bool = False,
+    model: Model, facts: FactSet, edit=None, original: Model | None = None, *, seed: int = 0, relearn: bool = False,
     relearn_config: RelearnConfig | None = None, latent: bool = True, diagnostics: bool = False,
     fluency_text: str = "auto", n_shots: int | None = None, max_maintain: int | None = 256,
     rule: VerdictRule | None = None, batch_size: int = 64, progress: bool = True,

@@ -32,7 +32,7 @@ from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
 from mechedit.stats import chance_accuracy, majority_chance
 from mechedit.tokens import encode
-from patching.model import arch
+from patching.model import Model, arch
 from probes import LogisticProbe, ProbeConvergenceWarning, collect_activations, stratified_split
 
 POSITIONS = ("subject_last", "last")
@@ -119,8 +119,8 @@ def _training_pool(maintain: FactSet, forget: FactSet, extra: FactSet | None) ->
 
 
 def latent_probes(
-    original, edited, facts: FactSet, *, seed: int = 0, max_train: int = 400, C: float = 1.0, fresh: bool = True,
-    batch_size: int = 32, progress: bool = True, train_facts: FactSet | None = None,
+    original: Model, edited: Model, facts: FactSet, *, seed: int = 0, max_train: int = 400, C: float = 1.0,
+    fresh: bool = True, batch_size: int = 32, progress: bool = True, train_facts: FactSet | None = None,
 ) -> LatentProbes:
     """Probe the true (and new) answers of the forget facts in ``edited`` at every layer (see module docstring)."""
     if not any(f.changes for f in facts):

@@ -91,7 +91,7 @@ def recovery_score(after: float, chance: float, original: float | None) -> float
 
 
 def relearn_attack(
-    edited, facts: FactSet, config: RelearnConfig | None = None, *, original=None, seed: int = 0,
+    edited: Model, facts: FactSet, config: RelearnConfig | None = None, *, original: Model | None = None, seed: int = 0,
     keep_model: bool = False, progress: bool = True,
 ) -> RelearnResult | tuple[RelearnResult, Model]:
     """Run the relearning attack on a copy of ``edited`` (see the module docstring); ``edited`` is not modified.
