@@ -14,8 +14,8 @@ siblings change as well), ``kv="never"`` leaves k/v frozen. ``Attn(layer)`` owns
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
 
 import torch
 
@@ -25,61 +25,47 @@ from patching.model import Model, arch
 KVPolicy = Literal["group", "always", "never"]
 
 
+class _Named:
+    """What every component shares: its ``kind``, its label (``mlp.3``, ``head.3.1``) and its hook."""
+
+    kind: ClassVar[str]
+    HOOK: ClassVar[str]  # hook name template, formatted with the component's fields
+
+    @property
+    def hook_name(self) -> str:
+        """Hook whose output is this component's contribution (for heads: ``hook_z``, index it with ``head``)."""
+        return self.HOOK.format(**asdict(self))
+
+    def __str__(self) -> str:
+        return ".".join([self.kind, *(str(v) for v in asdict(self).values())])
+
+
 @dataclass(frozen=True, order=True)
-class MLP:
+class MLP(_Named):
     """The MLP (gate/up/down) of one layer."""
 
     layer: int
-
-    @property
-    def kind(self) -> str:
-        return "mlp"
-
-    @property
-    def hook_name(self) -> str:
-        """Hook whose output is this component's contribution to the residual stream."""
-        return f"blocks.{self.layer}.hook_mlp_out"
-
-    def __str__(self) -> str:
-        return f"mlp.{self.layer}"
+    kind: ClassVar[str] = "mlp"
+    HOOK: ClassVar[str] = "blocks.{layer}.hook_mlp_out"
 
 
 @dataclass(frozen=True, order=True)
-class Head:
-    """One attention (query) head of one layer."""
+class Head(_Named):
+    """One attention (query) head of one layer (its hook holds per-head outputs before o_proj)."""
 
     layer: int
     head: int
-
-    @property
-    def kind(self) -> str:
-        return "head"
-
-    @property
-    def hook_name(self) -> str:
-        """Hook holding per-head outputs before o_proj ([batch, pos, head, d_head]); index with ``head``."""
-        return f"blocks.{self.layer}.attn.hook_z"
-
-    def __str__(self) -> str:
-        return f"head.{self.layer}.{self.head}"
+    kind: ClassVar[str] = "head"
+    HOOK: ClassVar[str] = "blocks.{layer}.attn.hook_z"
 
 
 @dataclass(frozen=True, order=True)
-class Attn:
+class Attn(_Named):
     """A whole attention layer (all heads, q/k/v/o)."""
 
     layer: int
-
-    @property
-    def kind(self) -> str:
-        return "attn"
-
-    @property
-    def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_attn_out"
-
-    def __str__(self) -> str:
-        return f"attn.{self.layer}"
+    kind: ClassVar[str] = "attn"
+    HOOK: ClassVar[str] = "blocks.{layer}.hook_attn_out"
 
 
 Component = MLP | Head | Attn

@@ -91,8 +91,8 @@ class Fact:
 
 
 @dataclass
-class FactSet:
-    """An ordered collection of facts with helpers for candidates, splits and rendering."""
+class FactSet(Sequence):
+    """An ordered collection of facts (a ``Sequence`` of ``Fact``) with helpers for candidates, splits, rendering."""
 
     facts: list[Fact]
     name: str = "facts"

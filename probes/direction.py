@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from probes.logistic import _as_layers
+from probes.logistic import _as_layers, _fitted_input
 from probes.split import encode_labels
 
 
@@ -52,12 +52,7 @@ class MeanDiffProbe:
     @torch.no_grad()
     def decision_function(self, X: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "layer n"]:
         """Signed projection minus the midpoint threshold (> 0: second class)."""
-        if not hasattr(self, "direction_"):
-            raise RuntimeError("MeanDiffProbe is not fitted; call fit(X, y) first")
-        X = _as_layers(X, self.dtype)
-        if X.shape[0] != self.direction_.shape[0] or X.shape[2] != self.direction_.shape[1]:
-            raise ValueError(f"X has shape {tuple(X.shape)} but the probe was fitted on "
-                             f"[{self.direction_.shape[0]}, n, {self.direction_.shape[1]}]")
+        X = _fitted_input(self, "direction_", X)
         Z = (X - self.mean_) / self.scale_
         return torch.einsum("lnd,ld->ln", Z, self.direction_) - self.threshold_[:, None]
 

@@ -37,6 +37,18 @@ def _as_layers(X, dtype: torch.dtype) -> torch.Tensor:
     return X.to(dtype)
 
 
+def _fitted_input(probe, attr: str, X) -> torch.Tensor:
+    """X as [layers, n, d] after checking ``probe`` is fitted (has ``attr`` [layers, d]) and the shapes match."""
+    if not hasattr(probe, attr):
+        raise RuntimeError(f"{type(probe).__name__} is not fitted; call fit(X, y) first")
+    fitted = getattr(probe, attr)
+    X = _as_layers(X, probe.dtype)
+    if X.shape[0] != fitted.shape[0] or X.shape[2] != fitted.shape[1]:
+        raise ValueError(f"X has shape {tuple(X.shape)} but the probe was fitted on "
+                         f"[{fitted.shape[0]}, n, {fitted.shape[1]}]")
+    return X
+
+
 class LogisticProbe:
     """L2-regularized multinomial logistic regression fitted independently for each layer of ``X``."""
 
@@ -130,13 +142,7 @@ class LogisticProbe:
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self, X) -> torch.Tensor:
-        if not hasattr(self, "weight_"):
-            raise RuntimeError("LogisticProbe is not fitted; call fit(X, y) first")
-        X = _as_layers(X, self.dtype)
-        if X.shape[0] != self.weight_.shape[0] or X.shape[2] != self.weight_.shape[1]:
-            raise ValueError(f"X has shape {tuple(X.shape)} but the probe was fitted on "
-                             f"[{self.weight_.shape[0]}, n, {self.weight_.shape[1]}]")
-        return X
+        return _fitted_input(self, "weight_", X)
 
     @torch.no_grad()
     def decision_function(self, X: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "layer n classes"]:
