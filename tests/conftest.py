@@ -23,6 +23,7 @@ from jaxtyping import install_import_hook  # noqa: E402
 install_import_hook(["mechedit", "probes", "patching"],
                     "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
 
+import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -33,6 +34,15 @@ from mechedit.models import hf_parameters, load_model, wrap_hf  # noqa: E402
 from mechedit.tokens import encode  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def runtime_type_checks(request):
+    """Annotations are checked in every test except those marked ``unchecked``: they feed deliberately wrong input
+    to see the library's own one-line error, which a type or shape check would pre-empt."""
+    jaxtyping.config.update("jaxtyping_disable", request.node.get_closest_marker("unchecked") is not None)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", False)
 
 
 @pytest.fixture(scope="session")

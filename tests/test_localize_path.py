@@ -104,6 +104,7 @@ def test_causal_tracing_and_attribution_without_budget(factworld, sport_facts):
     assert set(at.scores) == {MLP(i) for i in range(4)}
 
 
+@pytest.mark.unchecked
 def test_setup_uses_forget_facts_and_rules_reject_bad_input(factworld, sport_facts):
     marked = sport_facts.mark_forget(6, seed=0)
     assert len(facts_to_localize(marked, None, 0)) == 6

@@ -99,6 +99,7 @@ def test_probe_localization_budget(factworld, world_facts, sport_loc):
         localize(factworld, world_facts, "probe", relation="sport", budget=one - 1, progress=False)
 
 
+@pytest.mark.unchecked
 def test_probe_localization_bad_facts(factworld, sport_facts):
     one_answer = sport_facts.subset([f for f in sport_facts if f.answer == "golf"])
     with pytest.raises(FactError, match="at least 2 answers"):
@@ -109,6 +110,8 @@ def test_probe_localization_bad_facts(factworld, sport_facts):
     assert loc.extra["dropped_classes"] == {"golf": 5} and "golf" not in loc.extra["classes"]
     with pytest.raises(ValueError, match="choose_on"):
         localize(factworld, sport_facts, "probe", choose_on="middle", progress=False)
+    with pytest.raises(ValueError, match="position must be"):
+        localize(factworld, sport_facts, "probe", position="first", progress=False)
 
 
 def test_subject_mean_position(factworld, sport_facts):
@@ -127,8 +130,6 @@ def test_subject_mean_position(factworld, sport_facts):
         one = [collect_activations(factworld, batch.input_ids[i:i + 1], batch.attention_mask[i:i + 1],
                                    torch.tensor([p]), hooks, progress=False) for p in span]
         torch.testing.assert_close(got[:, i], torch.stack(one).mean(0)[:, 0], rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="position must be"):
-        localize(factworld, sport_facts, "probe", position="first", progress=False)
 
 
 # ------------------------------------------------------------------ plot

@@ -147,6 +147,7 @@ def test_corruptions_touch_only_the_subject_and_are_seeded(factworld, setup):
     assert torch.equal(n.sample(8), n.sample(8)) and bool((n.sample(8)[~mask] == 0).all())
 
 
+@pytest.mark.unchecked
 def test_bad_input_is_rejected_with_clear_errors(factworld, setup):
     ids, am, corrupt, metric = _args(setup)
     with pytest.raises(ValueError, match="corrupted input_ids have shape"):
