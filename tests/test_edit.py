@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import torch
+from conftest import one_thread, snapshot
 
 from mechedit.components import MLP, Head, n_params, trainable_masks
 from mechedit.edit import EditConfig, EditError, Objective, Terms, compose, edit, edit_sequence
@@ -19,21 +20,15 @@ FAST = EditConfig(steps=30, lr=2e-3)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def single_thread_module():
     """factworld is tiny: one intra-op thread is much faster than two on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 def digests(model) -> dict[str, str]:
     """sha256 of every parameter's bytes, by plain HF name."""
     return {k: hashlib.sha256(v.detach().numpy().tobytes()).hexdigest() for k, v in hf_parameters(model).items()}
-
-
-def snapshot(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in hf_parameters(model).items()}
 
 
 def test_edit_sport_facts_with_fact_lookup_mlps(fresh_factworld, sport_facts):
