@@ -32,22 +32,26 @@ def sport_loc(factworld, world_facts):
 # ------------------------------------------------------------------ the rule
 
 
-def test_choose_layer_range_rule():
-    # a step between layers 4 and 5: MLP 5 alone explains the rise
-    assert choose_layer_range([0.25] * 5 + [0.95] * 5, baseline=0.25) == (5, 5)
+@pytest.mark.parametrize(("curve", "baseline", "kw", "expected"), [
+    ([0.25] * 5 + [0.95] * 5, 0.25, {}, (5, 5)),  # a step between layers 4 and 5: MLP 5 alone explains the rise
     # a gradual rise over layers 2..5 (0.2 per layer): 80% of the 0.8 rise needs all four
-    curve = [0.1, 0.1, 0.3, 0.5, 0.7, 0.9, 0.9]
-    assert choose_layer_range(curve, 0.1, rise_fraction=0.8) == (2, 5)
-    assert choose_layer_range(curve, 0.1, rise_fraction=0.5) == (2, 3)  # ties: earliest
-    # ties in length prefer the larger gain
-    assert choose_layer_range([0.5, 0.5, 0.95], 0.1, rise_fraction=0.45) == (2, 2)
-    assert choose_layer_range([0.55, 0.55, 0.95], 0.1, rise_fraction=0.45) == (0, 0)
-    # the plateau need not be at the last layer
-    assert choose_layer_range([0.3, 0.9, 0.6], 0.3) == (1, 1)
-    with pytest.raises(ValueError, match="not linearly decodable"):
-        choose_layer_range([0.26, 0.27, 0.3], 0.25, min_rise=0.1)
-    with pytest.raises(ValueError, match="rise_fraction"):
-        choose_layer_range([0.2, 0.9], 0.2, rise_fraction=0)
+    ([0.1, 0.1, 0.3, 0.5, 0.7, 0.9, 0.9], 0.1, {"rise_fraction": 0.8}, (2, 5)),
+    ([0.1, 0.1, 0.3, 0.5, 0.7, 0.9, 0.9], 0.1, {"rise_fraction": 0.5}, (2, 3)),  # ties: earliest
+    ([0.5, 0.5, 0.95], 0.1, {"rise_fraction": 0.45}, (2, 2)),  # ties in length prefer the larger gain
+    ([0.55, 0.55, 0.95], 0.1, {"rise_fraction": 0.45}, (0, 0)),
+    ([0.3, 0.9, 0.6], 0.3, {}, (1, 1)),  # the plateau need not be at the last layer
+])
+def test_choose_layer_range_rule(curve, baseline, kw, expected):
+    assert choose_layer_range(curve, baseline, **kw) == expected
+
+
+@pytest.mark.parametrize(("curve", "baseline", "kw", "error"), [
+    ([0.26, 0.27, 0.3], 0.25, {"min_rise": 0.1}, "not linearly decodable"),
+    ([0.2, 0.9], 0.2, {"rise_fraction": 0}, "rise_fraction"),
+])
+def test_choose_layer_range_refuses(curve, baseline, kw, error):
+    with pytest.raises(ValueError, match=error):
+        choose_layer_range(curve, baseline, **kw)
 
 
 # ------------------------------------------------------------------ factworld
