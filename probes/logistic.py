@@ -26,7 +26,7 @@ class ProbeConvergenceWarning(UserWarning):
     """The optimizer stopped at ``max_iter`` before the gradient tolerance was reached."""
 
 
-def _as_layers(X, dtype: torch.dtype) -> torch.Tensor:
+def as_layers(X, dtype: torch.dtype) -> torch.Tensor:
     """X as a [layers, n, d] tensor of ``dtype`` (raises on other ranks)."""
     X = torch.as_tensor(X)
     if X.ndim != 3:
@@ -37,12 +37,12 @@ def _as_layers(X, dtype: torch.dtype) -> torch.Tensor:
     return X.to(dtype)
 
 
-def _fitted_input(probe, attr: str, X) -> torch.Tensor:
+def fitted_input(probe, attr: str, X) -> torch.Tensor:
     """X as [layers, n, d] after checking ``probe`` is fitted (has ``attr`` [layers, d]) and the shapes match."""
     if not hasattr(probe, attr):
         raise RuntimeError(f"{type(probe).__name__} is not fitted; call fit(X, y) first")
     fitted = getattr(probe, attr)
-    X = _as_layers(X, probe.dtype)
+    X = as_layers(X, probe.dtype)
     if X.shape[0] != fitted.shape[0] or X.shape[2] != fitted.shape[1]:
         raise ValueError(f"X has shape {tuple(X.shape)} but the probe was fitted on "
                          f"[{fitted.shape[0]}, n, {fitted.shape[1]}]")
@@ -99,7 +99,7 @@ class LogisticProbe:
 
     def fit(self, X: Float[torch.Tensor, "layer n d"], y: Sequence | np.ndarray | torch.Tensor) -> LogisticProbe:
         """Fit one probe per layer of ``X`` on labels ``y`` (any sortable labels; classes_ holds them)."""
-        X = _as_layers(X, self.dtype)
+        X = as_layers(X, self.dtype)
         L, n, d = X.shape
         classes, idx = self._check_labels(y, n)
         target = torch.as_tensor(idx)
@@ -142,7 +142,7 @@ class LogisticProbe:
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self, X) -> torch.Tensor:
-        return _fitted_input(self, "weight_", X)
+        return fitted_input(self, "weight_", X)
 
     @torch.no_grad()
     def decision_function(self, X: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "layer n classes"]:
