@@ -115,3 +115,14 @@ def test_subpackages_import_cleanly():
     code = "import mechedit.localize.probe, mechedit.evaluate.latent"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name with a leading underscore stays inside its module (e.g. factworld never reaches into models)."""
+    offenders = []
+    for mod, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                offenders += [f"{mod}: from {node.module} import {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders
