@@ -15,7 +15,6 @@ the clean and corrupted caching runs). The difference is measured on the sampled
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _timing import timed  # noqa: E402
+from _timing import parser, timed  # noqa: E402
 
 from mechedit.facts import load_facts  # noqa: E402
 from mechedit.localize.patch_setup import patch_setup  # noqa: E402
@@ -37,11 +36,7 @@ from patching.reference import activation_patch_reference, path_patch_reference 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--facts", default="counterfact")
-    p.add_argument("--n-facts", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p = parser(__doc__, n_facts=32)
     p.add_argument("--baseline-repeats", type=int, default=None, help="default: --repeats")
     p.add_argument("--baseline-sample", type=int, default=30, help="components per task for the loop (0: all)")
     args = p.parse_args()

@@ -18,7 +18,6 @@ under the mechedit cache (scoring 2,189 facts is itself a few minutes). Run: ``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))  # for _timing
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _timing import timed  # noqa: E402
+from _timing import parser, timed  # noqa: E402
 
 from mechedit import scoring  # noqa: E402
 from mechedit.cache import cache_dir  # noqa: E402
@@ -77,13 +76,9 @@ def select(known: FactSet, n: int, min_class: int, seed: int) -> FactSet:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--facts", default="counterfact")
-    p.add_argument("--n-facts", type=int, default=512)
+    p = parser(__doc__, n_facts=512)
     p.add_argument("--min-class", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--baseline-repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     args = p.parse_args()
