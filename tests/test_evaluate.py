@@ -158,7 +158,7 @@ def test_evaluate_an_edit_end_to_end(factworld, edit_facts, small_edit, tmp_path
     assert m["n_params_trained"] == small_edit.n_params_trained and m["fluency_kl"] > 0
     assert m["neighborhood_accuracy"] is None  # factworld facts have no neighbourhood prompts
     assert len(m["latent_probe_accuracy"]) == 4 and m["verdict"] in ("removed", "suppressed")
-    assert ev.original_behaviour.forget_accuracy == 1.0 and ev.meta["mcq_shots"] == 0  # prefix hurts factworld
+    assert ev.original_behaviour.forget_accuracy == 1.0 and ev.extra["mcq_shots"] == 0  # prefix hurts factworld
     lat = ev.latent
     assert max(lat.original_quality["last"]) >= 0.9  # probes work on the original model's maintain facts
     assert lat.original_before["last"][-1] >= 0.9
@@ -192,7 +192,7 @@ def test_cli_evaluate_and_wrong_model(edit_facts, small_edit, tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads(out.read_text())
     assert metrics["forget_accuracy"] <= 0.25 and metrics["verdict"] is None  # no relearning, no probes
-    assert metrics["behaviour"]["n_forget"] == 16 and metrics["meta"]["facts_source"].startswith("marks from")
+    assert metrics["behaviour"]["n_forget"] == 16 and metrics["extra"]["facts_source"].startswith("marks from")
     meta = json.loads((edit_dir / "edit.json").read_text())
     meta["base_fingerprint"] = meta["edited_fingerprint"] = "0123456789abcdef"
     (edit_dir / "edit.json").write_text(json.dumps(meta))
@@ -280,7 +280,7 @@ def test_too_few_forget_facts_make_relearning_null_not_fatal(factworld, sport_fa
     """Three forget facts cannot be split into trained and held-out halves: null with a note, evaluation goes on."""
     facts = sport_facts.mark_forget(3, seed=0, with_targets=False)
     ev = evaluate(factworld, facts, relearn=True, latent=False, max_maintain=16, progress=False)
-    assert ev.relearn is None and "at least 4 forget facts" in ev.meta["relearn_note"]
+    assert ev.relearn is None and "at least 4 forget facts" in ev.extra["relearn_note"]
     assert ev.metrics["relearn_recovery"] is None and ev.verdict.signals["relearning"]["value"] is None
     assert ev.metrics["forget_accuracy"] is not None
 
