@@ -22,6 +22,7 @@ import torch
 from mechedit.cache import cache_dir, cache_entries, inspect_cache, load_or_build, quiet_transformers
 from mechedit.factworld import load_factworld_hf
 from mechedit.validate import atomic_dir, read_json
+from patching.families import family, family_of_config
 from patching.model import Model
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def wrap_hf(hf_model, tokenizer, name: str, prepend_bos: bool):
     # transformer_lens is imported lazily: it adds ~5 s to every `import mechedit`
     from transformer_lens.model_bridge import TransformerBridge
 
+    family_of_config(hf_model.config)  # an unsupported family fails here, naming the supported ones
     hf_model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -233,8 +235,33 @@ def hf_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
 
     The bridge re-parents HF modules, so ``named_parameters()`` shows ``._original_component`` infixes; mechedit
     names parameters without them everywhere (components, deltas, Fisher), which also matches HF checkpoints.
+    Fused q/k/v (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``): the bridge runs on per-projection views of the
+    fused tensor (``attn.q``/``.k``/``.v``); those views are listed and the fused alias is not, so every entry
+    is a distinct piece of memory that the forward really uses.
     """
-    return {name.replace(_BRIDGE_INFIX, ""): p for name, p in hf_model_of(model).named_parameters()}
+    fused = family(model).fused_qkv
+    out = {name.replace(_BRIDGE_INFIX, ""): p for name, p in hf_model_of(model).named_parameters()}
+    if fused is None:
+        return out
+    return {k: v for k, v in out.items() if f".{fused}." not in k}
+
+
+@torch.no_grad()
+def set_flat(p: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ``values`` at the row-major flat ``index`` of ``p`` in place, also when ``p`` is a non-contiguous view
+    (GPT-2/NeoX q/k/v are transposed views of the fused tensor, where ``p.view(-1)`` fails)."""
+    p.data[torch.unravel_index(index, p.shape)] = values.to(p.dtype)
+
+
+def _checkpoint_state(model: Model) -> dict[str, torch.Tensor]:
+    """Parameters under the names of a plain HF checkpoint (fused q/k/v under their HF module names)."""
+    if family(model).fused_qkv is None:
+        return {k: v.detach().clone() for k, v in hf_parameters(model).items()}
+    hf = hf_model_of(model)
+    with torch.device("meta"):  # the checkpoint's names, from an empty model of the same class
+        expected = type(hf)(hf.config).state_dict().keys()
+    every = {n.replace(_BRIDGE_INFIX, ""): p for n, p in hf.named_parameters(remove_duplicate=False)}
+    return {k: every[k].detach().clone() for k in expected if k in every}
 
 
 def save_hf(model: Model, directory: str | Path, force: bool = False) -> None:
@@ -248,7 +275,7 @@ def save_hf(model: Model, directory: str | Path, force: bool = False) -> None:
     if directory.exists() and not force:
         raise FileExistsError(f"{directory} already exists; pass force=True to replace it")
     hf = hf_model_of(model)
-    state = {k: v.detach().clone() for k, v in hf_parameters(model).items()}
+    state = _checkpoint_state(model)
     if getattr(hf.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     info = model_info(model)
