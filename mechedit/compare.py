@@ -74,6 +74,8 @@ class CompareSettings:
     relearn_mode: str = "lora"  # relearning attack: lora (adapter) or full fine-tune
     latent: bool = True
     diagnostics: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 @dataclass
@@ -169,8 +171,9 @@ def _latent_max(metrics: dict) -> float | None:
 def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True) -> Comparison:
     """Run the comparison; returns its Comparison (also written to ``out_dir`` when given)."""
     t_start = time.time()
-    base = load_model(settings.model)  # never modified: localization and the reference for verification
-    work = load_model(settings.model)  # edited and reverted for every run
+    where = {"device": settings.device, "dtype": settings.dtype}
+    base = load_model(settings.model, **where)  # never modified: localization and the reference for verification
+    work = load_model(settings.model, **where)  # edited and reverted for every run
     facts = checked_facts(base, load_facts(settings.facts), settings.facts in BUNDLED_FACTSETS)
     if settings.relation is not None:  # filter first: scoring a whole large fact set is the slow part
         facts = pick_relation(facts, settings.relation)

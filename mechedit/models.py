@@ -139,18 +139,23 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
     return bool(result and result[0])
 
 
-def _load_hf_name(name: str):
-    """Load a local HF directory or a hub name (local cache first; fail fast when offline)."""
+def _load_hf_name(name: str, dtype: torch.dtype = torch.float32, device_map=None):
+    """Load a local HF directory or a hub name (local cache first; fail fast when offline).
+
+    Weights are read straight into ``dtype`` (no float32 copy of a bf16 checkpoint); ``device_map`` goes to
+    Hugging Face/accelerate (``"auto"``, or ``{"model.layers.0": "cuda:0", ...}``) for models larger than a device.
+    """
     # transformers is imported lazily: it adds ~2 s to every `import mechedit`
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kw = {"dtype": dtype} if device_map is None else {"dtype": dtype, "device_map": device_map}
     with quiet_transformers():
         if Path(name).expanduser().is_dir():
             path = Path(name).expanduser()
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+            return AutoModelForCausalLM.from_pretrained(path, **kw), AutoTokenizer.from_pretrained(path)
         try:
             return (
-                AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=True),
+                AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kw),
                 AutoTokenizer.from_pretrained(name, local_files_only=True),
             )
         except OSError:
@@ -162,23 +167,64 @@ def _load_hf_name(name: str):
                 f"{', '.join(BUNDLED_MODELS)}."
             )
         try:
-            return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32), AutoTokenizer.from_pretrained(name)
+            return AutoModelForCausalLM.from_pretrained(name, **kw), AutoTokenizer.from_pretrained(name)
         except OSError as exc:
             raise ModelNotAvailable(f"unknown model '{name}': {exc}. Bundled: {', '.join(BUNDLED_MODELS)}") from exc
 
 
-def load_model(name: str, *, seed: int = 0):
-    """Load ``name`` (bundled name, local HF directory or hub name) as a TransformerBridge in eval mode."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_precision(device: str = "cpu", dtype: str = "float32") -> tuple[torch.device, torch.dtype]:
+    """Parse ``device`` and ``dtype``; raise ModelNotAvailable (one line, naming the culprit) for a dtype mechedit
+    does not know, a device that does not exist here, or a pair the device cannot train in."""
+    if dtype not in DTYPES:
+        raise ModelNotAvailable(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelNotAvailable(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelNotAvailable(f"--device {device!r} does not exist here: no CUDA device is available")
+        if dev.index is not None and dev.index >= n:
+            raise ModelNotAvailable(f"--device {device!r} does not exist here: {n} CUDA device(s), "
+                                    f"cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ModelNotAvailable(f"--device {device!r} does not exist here: MPS is not available")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelNotAvailable(f"--device {device!r} is not supported; use cpu, cuda[:N] or mps")
+    if dev.type == "cpu" and dtype == "float16":
+        raise ModelNotAvailable("--dtype float16 on --device cpu cannot train (CPU half-precision kernels are "
+                                "missing or very slow); use --dtype bfloat16 or float32 on CPU")
+    return dev, DTYPES[dtype]
+
+
+def load_model(name: str, *, seed: int = 0, device: str = "cpu", dtype: str = "float32", device_map=None):
+    """Load ``name`` (bundled name, local HF directory or hub name) as a TransformerBridge in eval mode.
+
+    ``dtype`` is float32, bfloat16 or float16 (not on CPU); ``device`` a torch device that exists here.
+    ``device_map`` (local directories and hub names) is passed to Hugging Face/accelerate to spread a model that
+    does not fit one device over several (or over GPU and CPU); ``device`` is then ignored.
+    """
+    dev, dt = check_precision(device, dtype)
+
+    def place(hf_model):
+        return hf_model.to(device=dev, dtype=dt) if (dev.type != "cpu" or dt != torch.float32) else hf_model
+
     if name == "smollm2-135m":
         hf_model, tok = load_smollm2_hf()
-        return wrap_hf(hf_model, tok, name, prepend_bos=False)
+        return wrap_hf(place(hf_model), tok, name, prepend_bos=False)
     if name == "factworld":
         hf_model, tok = load_factworld_hf(seed=seed)
-        return wrap_hf(hf_model, tok, name, prepend_bos=False)
+        return wrap_hf(place(hf_model), tok, name, prepend_bos=False)
     if not name or name.startswith("-"):
         raise ModelNotAvailable(f"unknown model '{name}'. Bundled: {', '.join(BUNDLED_MODELS)}")
     saved = _saved_settings(name)
-    hf_model, tok = _load_hf_name(name)
+    hf_model, tok = _load_hf_name(name, dt, device_map)
+    if device_map is None:
+        hf_model = place(hf_model)
     prepend = bool(tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id])
     return wrap_hf(hf_model, tok, name, prepend_bos=saved.get("prepend_bos", prepend))
 

@@ -190,3 +190,59 @@ def test_unsupported_family_fails_at_load_naming_the_supported_ones():
 
     with pytest.raises(UnsupportedArchitecture, match=r"'bloom'.*supports llama, mistral, qwen2, gemma, gemma2, gpt2"):
         wrap_hf(types.SimpleNamespace(config=BloomConfig()), None, "bloom", prepend_bos=False)
+
+
+# ---------------------------------------------------------------- precision, devices, device_map
+
+
+def test_load_model_in_bfloat16_keeps_every_tensor_bf16():
+    model = load_model("factworld", dtype="bfloat16")
+    assert {p.dtype for p in hf_parameters(model).values()} == {torch.bfloat16}  # no float32 copy anywhere
+    with torch.no_grad():
+        assert model(torch.tensor([[5, 6, 7]])).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("device", "dtype", "culprit"), [
+    ("cpu", "float64", "--dtype 'float64' is not supported"),
+    ("cpu", "float16", "--dtype float16 on --device cpu cannot train"),
+    ("cuda:3", "float32", "--device 'cuda:3' does not exist here"),
+    ("quantum", "float32", "--device 'quantum' is not a device name"),
+])
+def test_bad_device_or_dtype_is_one_line_naming_it(device, dtype, culprit):
+    from mechedit.models import ModelNotAvailable, check_precision
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has a cuda:3")
+    with pytest.raises(ModelNotAvailable, match=culprit.replace("(", r"\(")):
+        check_precision(device, dtype)
+    from typer.testing import CliRunner
+
+    from mechedit.cli import app
+
+    res = CliRunner().invoke(app, ["compare", "factworld", "factworld", "--device", device, "--dtype", dtype,
+                                   "--out", "/nonexistent/never-written"])
+    assert res.exit_code == 2 and culprit in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_device_map_is_passed_to_hugging_face(tmp_path, factworld, monkeypatch):
+    """A map placing every layer on "cpu" (what a multi-GPU map looks like, on the one device CI has)."""
+    import transformers
+    from conftest import make_tiny
+
+    seen = []
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs.get("device_map"))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+
+    model = make_tiny(factworld.tokenizer, "qwen2")
+    save_hf(model, tmp_path / "m")
+    layers = {f"model.layers.{i}": "cpu" for i in range(2)}
+    device_map = {"model.embed_tokens": "cpu", **layers, "model.norm": "cpu", "model.rotary_emb": "cpu",
+                  "lm_head": "cpu"}
+    back = load_model(str(tmp_path / "m"), dtype="bfloat16", device_map=device_map)
+    assert seen == [device_map]
+    assert {p.dtype for p in hf_parameters(back).values()} == {torch.bfloat16}

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import FORCE_HELP, console, read_facts, user_errors
+from mechedit.cli.common import FORCE_HELP, console, device_option, dtype_option, read_facts, user_errors
 from mechedit.compare import (
     CELL_LEGEND,
     PAIRED_LEGEND,
@@ -25,6 +25,7 @@ from mechedit.compare import compare as run_compare
 from mechedit.edit.objectives import OBJECTIVES
 from mechedit.evaluate.relearn import MODES
 from mechedit.localize import METHODS
+from mechedit.models import check_precision
 from mechedit.report import write_report
 from mechedit.validate import atomic_dir, check_count, check_output
 
@@ -76,6 +77,7 @@ def check_settings(settings, out: Path, force: bool) -> None:
 
     if settings.relearn_mode not in MODES:
         raise ValueError(f"--relearn-mode: unknown mode {settings.relearn_mode!r}; choose from {', '.join(MODES)}")
+    check_precision(settings.device, settings.dtype)
     check_output(out, "--out", force, kind="dir")
     read_facts(settings.facts)
 
@@ -109,6 +111,8 @@ def compare(
     max_maintain: int = typer.Option(64, "--max-maintain", help="maintain facts per run (seeded sample)"),
     diagnostics: bool = typer.Option(False, "--diagnostics/--no-diagnostics", help="PCA/CKA/Fisher per layer"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Localize with each method (baselines cut to the fact-lookup budget), edit identically, verify, compare."""
@@ -118,7 +122,7 @@ def compare(
                                    objective=objective, n_facts=n_facts, seeds=seeds, relation=relation, steps=steps,
                                    relearn=relearn, relearn_steps=relearn_steps, relearn_mode=relearn_mode,
                                    max_maintain=max_maintain,
-                                   diagnostics=diagnostics)
+                                   diagnostics=diagnostics, device=device, dtype=dtype)
         check_settings(settings, out, force)
         run_and_report(settings, out, force)
 

@@ -10,7 +10,16 @@ from rich.table import Table
 
 from mechedit.cache import cache_dir, cache_entries, clear_cache, dir_bytes, entry_name, inspect_cache
 from mechedit.cli import app
-from mechedit.cli.common import FORCE_HELP, console, is_bundled, print_notes, read_facts, user_errors
+from mechedit.cli.common import (
+    FORCE_HELP,
+    console,
+    device_option,
+    dtype_option,
+    is_bundled,
+    print_notes,
+    read_facts,
+    user_errors,
+)
 from mechedit.edit.marking import checked_facts
 from mechedit.models import available_models, load_model
 from mechedit.scoring import require_finite, score_facts
@@ -74,10 +83,11 @@ def _verify_table() -> int:
 FORMATS = ("prompt", "chat", "paraphrase", "mcq", "mcq-letter")
 
 
-def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limit: int | None = None, fs=None):
+def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limit: int | None = None, fs=None,
+                     device: str = "cpu", dtype: str = "float32"):
     """Load a model and a fact set; return (all facts, known facts, rich table per relation)."""
     fs = fs if fs is not None else read_facts(facts_spec)
-    model = load_model(model_name)
+    model = load_model(model_name, device=device, dtype=dtype)
     facts = checked_facts(model, fs, is_bundled(facts_spec))
     if limit:
         facts = facts.sample(limit, seed=0)
@@ -106,6 +116,8 @@ def facts(
     out: Path | None = typer.Option(None, "--out", help="write the facts to this CSV"),
     fmt: str = typer.Option("prompt", "--format", help="prompt, chat, paraphrase, mcq or mcq-letter"),
     limit: int | None = typer.Option(None, "--limit", help="score a seeded sample of this many facts"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """How many facts MODEL knows (forced choice over candidates), per relation."""
@@ -117,7 +129,7 @@ def facts(
             check_output(out, "--out", force)
         fs = read_facts(facts)
         t0 = time.time()
-        all_facts, known, table = known_fact_table(model, facts, fmt, limit, fs=fs)
+        all_facts, known, table = known_fact_table(model, facts, fmt, limit, fs=fs, device=device, dtype=dtype)
         console.print(table)
         print_notes(all_facts, limit=5)
         if out:
