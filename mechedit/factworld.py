@@ -187,17 +187,21 @@ def load_factworld_hf(seed: int = 0, cfg: TrainConfig | None = None, arch: str =
     The Llama layout is cached under ``factworld/``, the others under ``factworld-<arch>/``.
     """
     cfg = cfg or TrainConfig()
-    if arch not in ARCHS:
-        raise ValueError(f"factworld can be trained as {', '.join(ARCHS)}, not {arch!r}")
-    key = f"v{VERSION}-seed{seed}-{abs(hash_config(cfg)):x}"
 
     def build():
         model, tok = train_factworld(seed, cfg, arch=arch)
         return model, tok, {"seed": seed, "config": cfg.__dict__, "version": VERSION, "arch": arch}
 
     # always loaded back from the cache, so the tokenizer knows its path (the bridge needs it)
-    name = "factworld" if arch == "llama" else f"factworld-{arch}"
-    return load_or_build(cache_dir() / name / key, build)
+    return load_or_build(factworld_cache_dir(seed, cfg, arch), build)
+
+
+def factworld_cache_dir(seed: int = 0, cfg: TrainConfig | None = None, arch: str = "llama"):
+    """Where factworld of this seed, recipe and layout is cached (``factworld/`` or ``factworld-<arch>/``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"factworld can be trained as {', '.join(ARCHS)}, not {arch!r}")
+    key = f"v{VERSION}-seed{seed}-{abs(hash_config(cfg or TrainConfig())):x}"
+    return cache_dir() / ("factworld" if arch == "llama" else f"factworld-{arch}") / key
 
 
 def hash_config(cfg: TrainConfig) -> int:
