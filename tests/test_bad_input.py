@@ -310,7 +310,7 @@ CASES = [
     ("evaluate-max-maintain-zero", [], ["evaluate", FW, FW, "--out", "{d}/m.json", "--max-maintain", "0"],
      r"--max-maintain must be at least 1"),
     ("facts-limit-zero", [], ["facts", FW, FW, "--limit", "0"], r"--limit must be at least 1"),
-    ("facts-unknown-format", [], ["facts", FW, FW, "--format", "essay"], r"--format 'essay'"),
+    ("facts-unknown-format", [], ["facts", FW, FW, "--format", "essay"], r"--format: unknown format 'essay'"),
     ("demo-unknown-model", [], ["demo", "--model", "gpt-9", "--out", "{d}/demo"], r"demo runs on"),
     ("env-max-tokens-not-int", [copy("base.csv")], ["facts", FW, "{d}/base.csv"],
      r"MECHEDIT_MAX_PROMPT_TOKENS='lots' is not an integer", {"MECHEDIT_MAX_PROMPT_TOKENS": "lots"}),

@@ -14,7 +14,7 @@ from mechedit.cli.common import FORCE_HELP, console, is_bundled, print_notes, re
 from mechedit.edit.marking import checked_facts
 from mechedit.models import available_models, load_model
 from mechedit.scoring import require_finite, score_facts
-from mechedit.validate import check_count, check_output, staged_files
+from mechedit.validate import check_choice, check_count, check_output, staged_files
 
 
 @app.command()
@@ -110,8 +110,7 @@ def facts(
 ) -> None:
     """How many facts MODEL knows (forced choice over candidates), per relation."""
     with user_errors():
-        if fmt not in FORMATS:
-            raise ValueError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+        check_choice("--format", "format", fmt, FORMATS)
         check_count("--limit", limit)
         if out is not None:
             check_output(out, "--out", force)
