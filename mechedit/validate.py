@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -323,3 +323,11 @@ def check_fact_sizes(facts, tokenizer=None, limits: SizeLimits | None = None, co
                 raise FactError(f"{where(f)}: {what} is {len(row):,} tokens long; the limit is {tok_limit} ({why})")
 
 
+def check_choice(option: str, what: str, values: str | Sequence[str], choices: Collection[str]) -> None:
+    """Refuse any value outside ``choices``: one line naming the option, the value(s) and the valid choices."""
+    given = [values] if isinstance(values, str) else list(values)
+    unknown = [v for v in given if v not in choices]
+    if unknown:
+        shown = repr(unknown[0]) if isinstance(values, str) else ", ".join(unknown)
+        raise ValueError(f"{option}: unknown {what}{'' if isinstance(values, str) else '(s)'} {shown}; "
+                         f"choose from {', '.join(choices)}")

@@ -23,6 +23,7 @@ from mechedit.evaluate.copying import clone_model
 from mechedit.evaluate.evaluation import METRIC_KEYS
 from mechedit.facts import FactError
 from mechedit.models import fingerprint, hf_parameters
+from patching.model import arch
 
 
 @pytest.fixture(scope="module")
@@ -258,13 +259,13 @@ def test_relearn_control_catches_a_dominant_answer(factworld, sport_facts):
     the first run: held-out 0.375 after the attack, 0.5 after the control, recovery -0.25 (the raw lift was smaller
     than planned, so the test does not also claim that the uniform-chance recovery is fooled). The LoRA attack
     leaves the caller's model bit-identical."""
-    from mechedit.components import MLP, model_shape
+    from mechedit.components import MLP
     from mechedit.edit import EditConfig, edit
     from mechedit.localize.localization import make_localization
 
     facts, top = _dominant_sport_facts(sport_facts)
     edited = clone_model(factworld)
-    loc = make_localization(factworld, "all-mlps", [MLP(i) for i in range(model_shape(factworld).n_layers)])
+    loc = make_localization(factworld, "all-mlps", [MLP(i) for i in range(arch(factworld).n_layers)])
     edit(edited, facts, loc, "npo", EditConfig(steps=15, lr=1e-3, retain_pool=32, fluency_weight=0.0),
          progress=False)
     fp = fingerprint(edited)

@@ -92,6 +92,7 @@ def comparison() -> Comparison:
     stats = {"mean": 0.5, "std": 0.1, "n": 2}
     return Comparison(CompareSettings(methods=["probe", "path"], seeds=2), {"probe": {
         "columns": {"edit_accuracy": stats}, "n_params": stats, "verdicts": {"removed": 2}}},
+        {"probe": {"path": {"edit_accuracy": stats}}},
         [method_run("probe", 0), method_run("path", 1)], 12.5, 320, "factworld:sport", {"torch": "2.x"},
         "mechedit compare factworld factworld", {"note": 1})
 

@@ -30,7 +30,7 @@ from mechedit.evaluate.relearn import MODES
 from mechedit.localize import METHODS
 from mechedit.models import check_precision
 from mechedit.report import write_report
-from mechedit.validate import atomic_dir, check_count, check_output
+from mechedit.validate import atomic_dir, check_choice, check_count, check_output
 
 
 def summary_table(summary: Comparison) -> Table:
@@ -68,18 +68,13 @@ def check_settings(settings, out: Path, force: bool) -> None:
     """Refuse bad compare/demo settings and an unwritable or existing --out before any model is loaded."""
     if not settings.methods:
         raise ValueError("--methods is empty; give at least one of " + ", ".join(METHODS))
-    unknown = [m for m in settings.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if settings.objective not in OBJECTIVES:
-        raise ValueError(f"--objective: unknown objective {settings.objective!r}; choose from {', '.join(OBJECTIVES)}")
+    check_choice("--methods", "method", settings.methods, METHODS)
+    check_choice("--objective", "objective", settings.objective, OBJECTIVES)
     for option, value in (("--n-facts", settings.n_facts), ("--seeds", settings.seeds),
                           ("--max-maintain", settings.max_maintain), ("--steps", settings.steps),
                           ("--relearn-steps", settings.relearn_steps)):
         check_count(option, value)
-
-    if settings.relearn_mode not in MODES:
-        raise ValueError(f"--relearn-mode: unknown mode {settings.relearn_mode!r}; choose from {', '.join(MODES)}")
+    check_choice("--relearn-mode", "mode", settings.relearn_mode, MODES)
     check_precision(settings.device, settings.dtype)
     check_output(out, "--out", force, kind="dir")
     read_facts(settings.facts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -29,15 +30,13 @@ from mechedit.models import fingerprint, load_model
 from mechedit.plots.patching import plot_patching
 from mechedit.plots.probe_accuracy import plot_probe_accuracy
 from mechedit.scoring import known_facts
-from mechedit.validate import check_count, check_distinct, check_output, staged_files
+from mechedit.validate import check_choice, check_count, check_distinct, check_output, staged_files
 
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 
 
 def check_plot_path(path: Path, force: bool) -> None:
     """A figure path must end in .html (or an image suffix, with kaleido installed) and be writable."""
-    import importlib.util
-
     suffix = path.suffix.lower()
     if suffix not in (".html", *IMAGE_SUFFIXES):
         raise ValueError(f"--plot {path}: unknown figure type {path.suffix or '(none)'!r}; use .html, or "
@@ -89,8 +88,7 @@ def localize(
 ) -> None:
     """Localize where MODEL stores FACTS and write loc.json (and figures); nothing is written if anything fails."""
     with user_errors():
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        check_choice("--method", "method", method, METHODS)
         check_count("--n-facts", n_facts)
         check_output(out, "--out", force)
         for p in plot:

@@ -62,6 +62,7 @@ class Evaluation(SavedResult):
     diagnostics: Diagnostics | None = None
     verdict: Verdict | None = None
     n_params_trained: int | None = None
+    fluency: dict | None = None  # held-out per-text KL, the training-half KL, text counts, source, note
     extra: dict = field(default_factory=dict)
 
     FILENAME: ClassVar[str] = "metrics.json"
