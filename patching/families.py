@@ -158,9 +158,12 @@ def final_hidden(model: Model, ids: torch.Tensor, mask: torch.Tensor) -> torch.T
 
     Learned-position families (GPT-2) get position ids that skip the left padding, as the bridge gives them.
     """
+    base = base_model(model)
+    device = base.get_input_embeddings().weight.device  # where the first layer runs (also under a device_map)
+    ids, mask = ids.to(device), mask.to(device)
     pos = position_ids(model, mask)
     extra = {} if pos is None else {"position_ids": pos}
-    return base_model(model)(input_ids=ids, attention_mask=mask, use_cache=False, **extra).last_hidden_state
+    return base(input_ids=ids, attention_mask=mask, use_cache=False, **extra).last_hidden_state
 
 
 def position_ids(model: Model, mask: torch.Tensor) -> torch.Tensor | None:
