@@ -40,6 +40,8 @@ COLUMNS = (
     ("MCQ forget err", "mcq_forget_error"),
     ("paraphrase", "paraphrase_edit_accuracy"),
     ("relearn", "relearn_accuracy"),
+    ("soft-prompt signal", "soft_prompt_signal"),  # shown only when compare ran the attack (--attacks)
+    ("in-context signal", "in_context_signal"),
     ("latent", "latent_probe_max"),
     ("fluency KL", "fluency_kl"),
 )
@@ -65,6 +67,10 @@ class CompareSettings:
     relearn_mode: str = "lora"  # relearning attack: lora (adapter) or full fine-tune
     latent: bool = True
     diagnostics: bool = False
+    attacks: list[str] = field(default_factory=list)  # input-side attacks (soft-prompt, in-context); none by default
+    soft_prompt_steps: int | None = None  # None: SoftPromptConfig default
+    soft_prompt_tokens: int | None = None
+    in_context_statements: int | None = None  # None: InContextConfig default
 
 
 @dataclass
@@ -115,6 +121,7 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
     from mechedit.edit import EditConfig, edit
     from mechedit.edit.marking import checked_facts
     from mechedit.evaluate import RelearnConfig, evaluate
+    from mechedit.evaluate.attacks import attack_configs
     from mechedit.localize import get_localizer
     from mechedit.models import load_model
 
@@ -136,6 +143,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
     bar = tqdm(total=settings.seeds * len(methods), desc="compare", disable=not progress)
     relearn_cfg = RelearnConfig(mode=settings.relearn_mode, **({} if settings.relearn_steps is None
                                                                 else {"steps": settings.relearn_steps}))
+    attack_cfgs = attack_configs(settings.soft_prompt_steps, settings.soft_prompt_tokens,
+                                 settings.in_context_statements)
     for seed in range(settings.seeds):
         fs = run_facts(pool, settings, seed)
         budget = None
@@ -156,7 +165,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
                               latent=settings.latent, diagnostics=settings.diagnostics, progress=False,
                               n_shots=reference.get("n_shots"), original_behaviour=reference.get("behaviour"),
                               latent_train=pool,  # latent probes, like the probe localizer, learn from the relation
-                              retain_keys=result.extra["heldout"]["retain"])  # maintain scored on the held-out half
+                              retain_keys=result.extra["heldout"]["retain"],  # maintain scored on the held-out half
+                              attacks=settings.attacks, attack_configs=attack_cfgs)
                 reference.setdefault("n_shots", ev.meta["mcq_shots"])
                 reference.setdefault("behaviour", ev.original_behaviour)
             finally:

@@ -149,6 +149,9 @@ def build_report(run_dir: str | Path) -> str:
         fig = curve_figure(summary, key, title, xl, yl, x_key)
         if fig is not None:
             sections.append((title, fig))
+    from mechedit.plots.attacks import attack_sections
+
+    sections += attack_sections(summary)  # one panel per input-side attack, with its control (none if not run)
     s = summary["settings"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>mechedit report</title>",

@@ -65,7 +65,11 @@ def check_settings(settings, out: Path, force: bool) -> None:
                           ("--max-maintain", settings.max_maintain), ("--steps", settings.steps),
                           ("--relearn-steps", settings.relearn_steps)):
         check_count(option, value)
+    from mechedit.evaluate.attacks import attack_configs, parse_attacks
     from mechedit.evaluate.relearn import MODES
+
+    parse_attacks(",".join(settings.attacks))
+    attack_configs(settings.soft_prompt_steps, settings.soft_prompt_tokens, settings.in_context_statements)
 
     if settings.relearn_mode not in MODES:
         raise ValueError(f"--relearn-mode: unknown mode {settings.relearn_mode!r}; choose from {', '.join(MODES)}")
@@ -105,11 +109,18 @@ def compare(
     relearn_mode: str = typer.Option("lora", "--relearn-mode", help="relearning attack: lora (adapter) or full"),
     max_maintain: int = typer.Option(64, "--max-maintain", help="maintain facts per run (seeded sample)"),
     diagnostics: bool = typer.Option(False, "--diagnostics/--no-diagnostics", help="PCA/CKA/Fisher per layer"),
+    attacks: str = typer.Option("", "--attacks", help="input-side attacks with controls, comma-separated: "
+                                                     "soft-prompt, in-context (default: none)"),
+    soft_prompt_steps: int | None = typer.Option(None, "--soft-prompt-steps", help="soft-prompt attack steps (50)"),
+    soft_prompt_tokens: int | None = typer.Option(None, "--soft-prompt-tokens", help="soft-prompt length (8)"),
+    in_context_statements: int | None = typer.Option(None, "--in-context-statements",
+                                                     help="in-context attack: statements before each prompt (4)"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Localize with each method (baselines cut to the fact-lookup budget), edit identically, verify, compare."""
     from mechedit.compare import CompareSettings
+    from mechedit.evaluate.attacks import parse_attacks
 
     with user_errors():
         names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -117,7 +128,9 @@ def compare(
                                    objective=objective, n_facts=n_facts, seeds=seeds, relation=relation, steps=steps,
                                    relearn=relearn, relearn_steps=relearn_steps, relearn_mode=relearn_mode,
                                    max_maintain=max_maintain,
-                                   diagnostics=diagnostics)
+                                   diagnostics=diagnostics, attacks=parse_attacks(attacks),
+                                   soft_prompt_steps=soft_prompt_steps, soft_prompt_tokens=soft_prompt_tokens,
+                                   in_context_statements=in_context_statements)
         check_settings(settings, out, force)
         run_and_report(settings, out, force)
 
