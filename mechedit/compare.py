@@ -322,7 +322,7 @@ def format_cell(stat: dict, sd: bool = True) -> str:
 
 
 CELL_LEGEND = ("mean ± sample SD of the per-seed means [bootstrap 95 % CI over seeds × facts; over seeds only for "
-               "relearn and latent, one number per run; over held-out texts for fluency KL]")
+               "relearn, latent and the attack signals, one number per run; over held-out texts for fluency KL]")
 PAIRED_LEGEND = ("paired difference (method − reference) on the same seeds and facts: mean [bootstrap 95 % CI]; "
                  "an interval that contains 0 shows no difference at this size")
 

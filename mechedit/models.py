@@ -292,13 +292,20 @@ def plain_hf(model) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     hf = hf_model_of(model)
-    with quiet_transformers():
+    with quiet_transformers(), torch.device("meta"):  # no memory, no random init: every tensor is assigned below
         plain = AutoModelForCausalLM.from_config(hf.config, dtype=next(hf.parameters()).dtype)
-    missing = plain.load_state_dict(hf_parameters(model), assign=True, strict=False).missing_keys
-    tied = getattr(hf.config, "tie_word_embeddings", False)
-    if tied:
+    plain.load_state_dict(hf_parameters(model), assign=True, strict=False)
+    for name, buf in hf.named_buffers():  # non-persistent buffers (rotary frequencies) are not in a state dict
+        path, _, attr = name.replace(_BRIDGE_INFIX, "").rpartition(".")
+        try:
+            owner = plain.get_submodule(path)
+        except AttributeError:
+            continue
+        if attr in owner._buffers:
+            owner._buffers[attr] = buf
+    if getattr(hf.config, "tie_word_embeddings", False):
         plain.tie_weights()
-    if [k for k in missing if not (tied and k == "lm_head.weight")]:
+    if any(t.is_meta for t in [*plain.parameters(), *plain.buffers()]):
         return hf
     plain.eval()
     ids = torch.tensor([model.tokenizer("The check of a plain view", add_special_tokens=False)["input_ids"] or [0]])
