@@ -5,7 +5,7 @@ and are not adjusted to make a test pass; the numbers measured on the first run 
 
 * the forget set is balanced by construction (8 facts per sport, 4 per sport in each half), so a control that
   learns only the answer prior gets exactly chance (0.25) on the held-out half;
-* never-known facts are invented subjects (``factworld.invented_subjects``): the model was never taught them;
+* never-known facts are invented subjects (``data.factworld.invented_subjects``): the model was never taught them;
 * **output suppression**: only the last layer's MLP (MLP 3) is trained to avoid the old answers (log1-p, 40
   steps at lr 3e-2) — the lookup MLPs and every residual before MLP 3 are untouched. The recipe was chosen on
   the edit's behaviour alone, before any attack ran: the editor's default (60 steps at lr 1e-3) left 0.75 of the
@@ -194,8 +194,11 @@ def test_bad_soft_prompt_length_and_attack_names_are_one_line_errors(factworld, 
 def test_evaluate_writes_attacks_to_metrics_and_the_verdict(factworld, balanced, tmp_path):
     """``evaluate(..., attacks=...)`` puts each attack's result into the Evaluation, metrics.json and the verdict,
     round-trips, and feeds the figure code (short attack settings: this checks plumbing, not strength)."""
+    from mechedit.compare import CompareSettings, Comparison, MethodRun
+    from mechedit.components import MLP
     from mechedit.evaluate import Evaluation, evaluate
     from mechedit.evaluate.evaluation import verdict_of
+    from mechedit.localize.localization import make_localization
     from mechedit.plots.attacks import attack_sections, plot_attacks
 
     forget, maintain = balanced.forget_set(), balanced.maintain_set()
@@ -217,7 +220,9 @@ def test_evaluate_writes_attacks_to_metrics_and_the_verdict(factworld, balanced,
     assert again.attacks["soft-prompt"].to_dict() == ev.attacks["soft-prompt"].to_dict()
     assert json.loads(path.read_text())["attacks"]["in-context"]["settings"]["statements"] == 2
     assert len(plot_attacks(ev).data) >= 6  # per arm: attack, never-known, prior-only (+ original curve)
-    summary = {"methods": {"probe": {}}, "runs": [{"method": "probe", "seed": 0, "metrics": ev.to_dict()}]}
+    loc = make_localization(factworld, "mlps-[3]", [MLP(3)])
+    run = MethodRun("probe", 0, loc, ev.to_dict(), {})
+    summary = Comparison(CompareSettings(methods=["probe"]), {"probe": {}}, {}, [run], 1.0, 1, "pool", {})
     titles = [t for t, _ in attack_sections(summary)]
     assert titles == [f"Attack: {n} (held-out accuracy vs its control)" for n in ("soft-prompt", "in-context")]
     assert inspect.signature(evaluate).parameters["attacks"].default == ()  # default: no attack runs

@@ -12,6 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mechedit.compare import Comparison
+
 ATTACK_COLORS = {"attack": "#d62728", "never-known": "#7f7f7f", "prior-only": "#bcbd22", "original": "#1f77b4"}
 X_TITLES = {"soft-prompt": "soft-prompt training step", "in-context": "statements before the prompt"}
 
@@ -52,25 +54,25 @@ def plot_attacks(ev) -> go.Figure:
     return fig
 
 
-def attack_sections(summary: dict) -> list[tuple[str, go.Figure]]:
-    """Report panels for a comparison summary: one figure per attack that ran (none when no run has attacks)."""
-    names = list(dict.fromkeys(k for r in summary["runs"] for k in (r["metrics"].get("attacks") or {})))
+def attack_sections(summary: Comparison) -> list[tuple[str, go.Figure]]:
+    """Report panels for a comparison: one figure per attack that ran (none when no run has attacks)."""
+    names = list(dict.fromkeys(k for r in summary.runs for k in (r.metrics.get("attacks") or {})))
     return [(f"Attack: {name} (held-out accuracy vs its control)", attack_panel(summary, name)) for name in names]
 
 
-def attack_panel(summary: dict, name: str) -> go.Figure:
+def attack_panel(summary: Comparison, name: str) -> go.Figure:
     """Per method: mean over seeds of the attack's held-out accuracy, its control and the original (bars)."""
-    methods = list(summary["methods"])
+    methods = list(summary.methods)
     rows: dict[str, dict[str, list]] = {m: {"attack": [], "control": [], "original": [], "signal": []}
                                         for m in methods}
-    for run in summary["runs"]:
-        r = (run["metrics"].get("attacks") or {}).get(name)
-        if r is None or run["method"] not in rows:
+    for run in summary.runs:
+        r = (run.metrics.get("attacks") or {}).get(name)
+        if r is None or run.method not in rows:
             continue
         for key, value in (("attack", r.get("accuracy")), ("control", r.get("control")),
                            ("original", r.get("original")), ("signal", r.get("signal"))):
             if value is not None:
-                rows[run["method"]][key].append(value)
+                rows[run.method][key].append(value)
     fig = go.Figure()
     for kind, label in (("attack", "attack (held-out)"), ("control", "its control"), ("original", "original")):
         fig.add_bar(name=label, x=methods, y=[_mean(rows[m][kind]) for m in methods],

@@ -3,7 +3,7 @@
 **Split.** ``relearn_split`` (first half of the forget facts trained on, second half scored), so all attacks —
 relearning included — hold out the same facts under the same seed.
 
-**Never-known twins.** Each forget fact with its subject replaced by an invented name (``factworld.
+**Never-known twins.** Each forget fact with its subject replaced by an invented name (``data.factworld.
 invented_subjects``): same prompt, same answer, same candidates, but a subject no model was ever taught. The
 original model answers them at its prior, so an attack that lifts their held-out half is making answers up.
 Keeping the prompts and the answers means the twins' answer distribution is the forget facts', so a control
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from mechedit.data.factworld import invented_subjects
 from mechedit.evaluate.relearn import relearn_split, shuffled_answers
 from mechedit.facts import FactSet
-from mechedit.factworld import invented_subjects
 
 
 @dataclass(frozen=True)

@@ -152,5 +152,5 @@ def in_context_attack(edited, facts: FactSet, config: InContextConfig | None = N
     result.never_known_original = on_original.accuracy(split.twins_heldout)
     result.seconds = {"attack": time.perf_counter() - t0}
     if notes:
-        result.settings["notes"] = notes
+        result.extra["notes"] = notes
     return result

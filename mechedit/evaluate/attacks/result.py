@@ -22,11 +22,13 @@ arm on factworld, original under context 0.31 against a control of 0.25, gave 1.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 
+from mechedit.results import SavedResult
 from mechedit.stats import difference_ci, normalized
 
 MIN_SCALE = 0.2  # the original must exceed the control by this much for the signal to be defined
@@ -70,8 +72,11 @@ class AttackArm:
 
 
 @dataclass
-class AttackResult:
-    """An attack's arms (one or more variants), the deciding arm and the verdict signal; ``note`` when null."""
+class AttackResult(SavedResult):
+    """An attack's arms (one or more variants), the deciding arm and the verdict signal; ``note`` when null.
+
+    Follows the result protocol (``mechedit.results``): ``save``/``load`` as attack.json, free-form ``extra``.
+    """
 
     attack: str  # "soft-prompt" or "in-context"
     settings: dict  # every setting that changes the numbers (lr, steps, tokens, statements, formats, seed)
@@ -82,6 +87,9 @@ class AttackResult:
     n_heldout: int = 0
     seconds: dict = field(default_factory=dict)
     note: str | None = None  # why the signal is null (too few forget facts, no original model, ...)
+    extra: dict = field(default_factory=dict)  # free-form (e.g. notes on contexts that could not run)
+
+    FILENAME: ClassVar[str] = "attack.json"
 
     @property
     def deciding(self) -> AttackArm | None:
@@ -117,8 +125,8 @@ class AttackResult:
         return cls(**kw, arms=[AttackArm.from_dict(a) for a in d.get("arms") or []])
 
 
-def score_arm(arm: AttackArm, attack_correct: Sequence[float], never_known_correct: Sequence[float],
-              prior_correct: Sequence[float] | None, seed: int = 0) -> AttackArm:
+def score_arm(arm: AttackArm, attack_correct: np.ndarray, never_known_correct: np.ndarray,
+              prior_correct: np.ndarray | None, seed: int = 0) -> AttackArm:
     """Fill ``arm``'s control, signal and CI from per-fact correctness at the end of the attack (module docstring).
 
     The control is the larger of the never-known and the prior-only control's held-out accuracy; the signal is
