@@ -271,7 +271,7 @@ def fingerprint(model: Model) -> str:
     return h.hexdigest()[:16]
 
 
-def weights_digest(model) -> str:
+def weights_digest(model: Model) -> str:
     """sha256 of every parameter's bytes (bit-exact, unlike ``fingerprint``): proves an attack left weights alone."""
     h = hashlib.sha256()
     for name, p in sorted(hf_parameters(model).items()):
@@ -280,7 +280,7 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def plain_hf(model) -> torch.nn.Module:
+def plain_hf(model: Model) -> torch.nn.Module:
     """The bridge's HF model rebuilt without TransformerLens's hook wrappers, sharing its parameter tensors.
 
     Forward passes through the bridge cost about ten times those of the plain module on small models (measured

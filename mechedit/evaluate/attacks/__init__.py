@@ -13,6 +13,7 @@ from mechedit.evaluate.attacks.in_context import InContextConfig, in_context_att
 from mechedit.evaluate.attacks.result import AttackArm, AttackResult
 from mechedit.evaluate.attacks.soft_prompt import SoftPromptConfig, soft_prompt_attack
 from mechedit.facts import FactSet
+from patching.model import Model
 
 ATTACKS = {"soft-prompt": soft_prompt_attack, "in-context": in_context_attack}
 
@@ -34,7 +35,7 @@ def attack_configs(soft_prompt_steps: int | None = None, soft_prompt_tokens: int
     return {"soft-prompt": SoftPromptConfig(**sp), "in-context": InContextConfig(**ic)}
 
 
-def run_attacks(names: Sequence[str], edited, facts: FactSet, *, original=None, seed: int = 0,
+def run_attacks(names: Sequence[str], edited: Model, facts: FactSet, *, original: Model | None = None, seed: int = 0,
                 configs: Mapping[str, object] | None = None, progress: bool = True) -> dict[str, AttackResult]:
     """Run each named attack with its config (``configs[name]``, default recipe otherwise); results by name."""
     configs = configs or {}

@@ -36,6 +36,7 @@ from mechedit.evaluate.relearn import chance_accuracy
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
 from mechedit.scoring import render_items
+from patching.model import Model
 
 NAME = "in-context"
 CONTEXTS = ("forget", "maintain")
@@ -101,8 +102,8 @@ def _pools(split: AttackSplit, context: str, seed: int) -> dict[str, list[tuple[
             "prior": list(zip(own, shuffled, strict=True))}
 
 
-def in_context_attack(edited, facts: FactSet, config: InContextConfig | None = None, *, original=None,
-                      seed: int = 0, progress: bool = True) -> AttackResult:
+def in_context_attack(edited: Model, facts: FactSet, config: InContextConfig | None = None, *,
+                      original: Model | None = None, seed: int = 0, progress: bool = True) -> AttackResult:
     """Run every context × format arm with both controls (module docstring); no model is modified.
 
     Fewer than 4 forget facts, or no original model: a result with a note and a null signal. A context without

@@ -34,6 +34,7 @@ from mechedit.facts import FactError, FactSet
 from mechedit.models import model_info, weights_digest
 from mechedit.scoring import render_items
 from mechedit.tokens import PromptBatch
+from patching.model import Model
 
 NAME = "soft-prompt"
 POSITIONS = ("prefix", "suffix")
@@ -78,7 +79,7 @@ def initial_prompt(target: Target, tokens: int, phrase: str = INIT_PHRASE) -> to
     return target.net.get_input_embeddings().weight[rows].detach().clone()
 
 
-def check_length(model, facts: FactSet, tokens: int) -> None:
+def check_length(model: Model, facts: FactSet, tokens: int) -> None:
     """Refuse a soft prompt that cannot fit before the longest prompt + answer in the model's context."""
     from mechedit.validate import model_context
 
@@ -176,8 +177,8 @@ def train_prompt(target: Target, train: FactSet, answers: list[str], heldout: Fa
     return out
 
 
-def soft_prompt_attack(edited, facts: FactSet, config: SoftPromptConfig | None = None, *, original=None,
-                       seed: int = 0, progress: bool = True) -> AttackResult:
+def soft_prompt_attack(edited: Model, facts: FactSet, config: SoftPromptConfig | None = None, *,
+                       original: Model | None = None, seed: int = 0, progress: bool = True) -> AttackResult:
     """Run the attack and both controls (module docstring); neither model's weights change (checked bit-exact).
 
     Fewer than 4 forget facts, or no original model: a result with a note and a null signal.

@@ -20,18 +20,19 @@ from mechedit.facts import FactSet
 from mechedit.models import hf_model_of, model_info, plain_hf
 from mechedit.scoring import ChoiceItem, PromptFormat, render_items, score_items
 from mechedit.tokens import PromptBatch
+from patching.model import Model
 
 
 @dataclass
 class Target:
     """The bridge ``model``, its hook-free view ``net`` (shared parameters) and whether prompts start with BOS."""
 
-    model: object
+    model: Model
     net: torch.nn.Module
     bos: bool
 
     @classmethod
-    def of(cls, model) -> Target:
+    def of(cls, model: Model) -> Target:
         """Wrap a bridged model (the view shares its parameters, so it always sees the current weights)."""
         return cls(model, plain_hf(model), bool(model_info(model).prepend_bos
                                                 and model.tokenizer.bos_token_id is not None))
@@ -65,7 +66,7 @@ class Target:
 
 
 @contextmanager
-def frozen(model) -> Iterator[None]:
+def frozen(model: Model) -> Iterator[None]:
     """Every parameter of the bridged ``model`` without gradient for the block; the flags restored afterwards."""
     params = list(hf_model_of(model).parameters())
     flags = [p.requires_grad for p in params]
