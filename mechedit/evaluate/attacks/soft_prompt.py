@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mechedit.edit.marking import model_context
 from mechedit.evaluate.answers import answer_batch
 from mechedit.evaluate.attacks.controls import AttackSplit, attack_split, prior_answers
 from mechedit.evaluate.attacks.result import AttackArm, AttackResult, score_arm
@@ -81,8 +82,6 @@ def initial_prompt(target: Target, tokens: int, phrase: str = INIT_PHRASE) -> to
 
 def check_length(model: Model, facts: FactSet, tokens: int) -> None:
     """Refuse a soft prompt that cannot fit before the longest prompt + answer in the model's context."""
-    from mechedit.validate import model_context
-
     context = model_context(model)
     if context is None:
         return
