@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from mechedit.evaluate.attacks.controls import AttackSplit, attack_split, prior_answers
 from mechedit.evaluate.attacks.result import AttackArm, AttackResult, score_arm
 from mechedit.evaluate.attacks.target import Target
-from mechedit.evaluate.relearn import chance_accuracy
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
 from mechedit.scoring import render_items
+from mechedit.stats import chance_accuracy
 from patching.model import Model
 
 NAME = "in-context"
@@ -117,8 +117,8 @@ def in_context_attack(edited: Model, facts: FactSet, config: InContextConfig | N
         split = attack_split(facts, "the in-context attack", seed)
     except FactError as exc:
         return AttackResult(NAME, settings, note=str(exc))
-    result = AttackResult(NAME, settings, chance=chance_accuracy(split.heldout), n_trained=len(split.trained),
-                          n_heldout=len(split.heldout))
+    result = AttackResult(NAME, settings, chance=chance_accuracy([len(f.candidates) for f in split.heldout]),
+                          n_trained=len(split.trained), n_heldout=len(split.heldout))
     if original is None:
         result.note = "the in-context attack needs the original model (never-known control and scale)"
         return result

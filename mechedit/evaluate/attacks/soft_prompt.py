@@ -30,10 +30,10 @@ from mechedit.evaluate.answers import answer_batch
 from mechedit.evaluate.attacks.controls import AttackSplit, attack_split, prior_answers
 from mechedit.evaluate.attacks.result import AttackArm, AttackResult, score_arm
 from mechedit.evaluate.attacks.target import Target, frozen
-from mechedit.evaluate.relearn import chance_accuracy
 from mechedit.facts import FactError, FactSet
 from mechedit.models import model_info, weights_digest
 from mechedit.scoring import render_items
+from mechedit.stats import chance_accuracy
 from mechedit.tokens import PromptBatch
 from patching.model import Model
 
@@ -219,6 +219,6 @@ def soft_prompt_attack(edited: Model, facts: FactSet, config: SoftPromptConfig |
         trained_accuracy=att["trained"], loss=att["loss"])
     score_arm(arm, att["last"], never["last"], None if prior is None else prior["last"], seed=seed)
     return AttackResult(
-        NAME, settings, [arm], chance=chance_accuracy(split.heldout),
+        NAME, settings, [arm], chance=chance_accuracy([len(f.candidates) for f in split.heldout]),
         never_known_original=on_original.accuracy(split.twins_heldout),
         n_trained=len(split.trained), n_heldout=len(split.heldout), seconds=seconds)
