@@ -28,7 +28,7 @@ from mechedit.components import Head
 from mechedit.plots.attacks import attack_sections
 from mechedit.plots.patching import plot_patching
 from mechedit.plots.probe_accuracy import plot_probe_accuracy
-from mechedit.validate import read_json, require_keys
+from mechedit.validate import atomic_write_text, read_json, require_keys
 
 
 def comparison_figure(summary: Comparison) -> go.Figure:
@@ -187,6 +187,4 @@ def build_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html and return its path."""
-    from mechedit.validate import atomic_write_text
-
     return atomic_write_text(Path(run_dir) / "report.html", build_report(run_dir))
