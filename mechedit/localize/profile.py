@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from tqdm.auto import tqdm
 
 from mechedit.facts import FactError, FactSet
 from mechedit.localize.probe import probe_curves, select_facts
@@ -107,7 +108,7 @@ def profile_relations(model: Model, facts: FactSet, *, seed: int = 0, min_class_
     sizes = {r: len(g) for r, g in facts.by_relation().items()}
     known = known_facts(model, facts, progress=progress)
     out = []
-    for relation in sorted(sizes, key=lambda r: -sizes[r]):
+    for relation in tqdm(sorted(sizes, key=lambda r: -sizes[r]), desc="profiling relations", disable=not progress):
         n_known = sum(f.relation == relation for f in known)
         if n_known < min_known:
             out.append(RelationProfile(relation, sizes[relation], n_known,
