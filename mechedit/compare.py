@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from mechedit.edit import EditConfig, edit
 from mechedit.edit.marking import checked_facts
 from mechedit.evaluate import RelearnConfig, evaluate
+from mechedit.evaluate.attacks import attack_configs
 from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
 from mechedit.localize import get_localizer
 from mechedit.localize.localization import Localization
@@ -50,6 +51,8 @@ COLUMNS = (
     ("MCQ forget err", "mcq_forget_error"),
     ("paraphrase", "paraphrase_edit_accuracy"),
     ("relearn", "relearn_accuracy"),
+    ("soft-prompt signal", "soft_prompt_signal"),  # shown only when compare ran the attack (--attacks)
+    ("in-context signal", "in_context_signal"),
     ("latent", "latent_probe_max"),
     ("fluency KL", "fluency_kl"),
 )
@@ -77,6 +80,10 @@ class CompareSettings:
     diagnostics: bool = False
     device: str = "cpu"
     dtype: str = "float32"
+    attacks: list[str] = field(default_factory=list)  # input-side attacks (soft-prompt, in-context); none by default
+    soft_prompt_steps: int | None = None  # None: SoftPromptConfig default
+    soft_prompt_tokens: int | None = None
+    in_context_statements: int | None = None  # None: InContextConfig default
 
 
 @dataclass
@@ -221,6 +228,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
     bar = tqdm(total=len(mine), desc="compare", disable=not progress)
     relearn_cfg = RelearnConfig(mode=settings.relearn_mode, **({} if settings.relearn_steps is None
                                                                 else {"steps": settings.relearn_steps}))
+    attack_cfgs = attack_configs(settings.soft_prompt_steps, settings.soft_prompt_tokens,
+                                 settings.in_context_statements)
     for seed in range(settings.seeds):
         fs = run_facts(pool, settings, seed)
         budget = None
@@ -246,7 +255,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
                               latent=settings.latent, diagnostics=settings.diagnostics, progress=False,
                               n_shots=reference.get("n_shots"), original_behaviour=reference.get("behaviour"),
                               latent_train=pool,  # latent probes, like the probe localizer, learn from the relation
-                              retain_keys=result.extra["heldout"]["retain"])  # maintain scored on the held-out half
+                              retain_keys=result.extra["heldout"]["retain"],  # maintain scored on the held-out half
+                              attacks=settings.attacks, attack_configs=attack_cfgs)
                 reference.setdefault("n_shots", ev.extra["mcq_shots"])
                 reference.setdefault("behaviour", ev.original_behaviour)
             finally:
@@ -445,7 +455,7 @@ def format_cell(stat: dict, sd: bool = True) -> str:
 
 
 CELL_LEGEND = ("mean ± sample SD of the per-seed means [bootstrap 95 % CI over seeds × facts; over seeds only for "
-               "relearn and latent, one number per run; over held-out texts for fluency KL]")
+               "relearn, latent and the attack signals, one number per run; over held-out texts for fluency KL]")
 PAIRED_LEGEND = ("paired difference (method − reference) on the same seeds and facts: mean [bootstrap 95 % CI]; "
                  "an interval that contains 0 shows no difference at this size")
 

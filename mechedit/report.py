@@ -25,6 +25,7 @@ from mechedit.compare import (
     paired_rows,
 )
 from mechedit.components import Head
+from mechedit.plots.attacks import attack_sections
 from mechedit.plots.patching import plot_patching
 from mechedit.plots.probe_accuracy import plot_probe_accuracy
 from mechedit.validate import atomic_write_text, read_json, require_keys
@@ -154,6 +155,7 @@ def build_report(run_dir: str | Path) -> str:
         fig = curve_figure(summary, key, title, xl, yl, x_key)
         if fig is not None:
             sections.append((title, fig))
+    sections += attack_sections(summary)  # one panel per input-side attack, with its control (none if not run)
     s = summary.settings
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>mechedit report</title>",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,16 +133,21 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
 
 
 def score_items(
-    model: Model, items: Sequence[ChoiceItem], batch_size: int = 64, progress: bool = False
+    model: Model, items: Sequence[ChoiceItem], batch_size: int = 64, progress: bool = False,
+    logits_fn: Callable[[Model, PromptBatch], torch.Tensor] = last_logits,
 ) -> ChoiceScores:
-    """Score items in batches (sorted by token length, capped in padded tokens); renormalize over candidates."""
+    """Score items in batches (sorted by token length, capped in padded tokens); renormalize over candidates.
+
+    ``logits_fn(model, batch)`` gives the next-token logits at the last position (default ``last_logits``; the
+    soft-prompt attack passes one that prepends its trained embeddings).
+    """
     n = len(items)
     correct, prob = np.zeros(n, bool), np.full(n, np.nan)
     t_correct, t_prob = np.zeros(n, bool), np.full(n, np.nan)
     lengths = [len(ids) for ids in model.tokenizer([it.text for it in items], add_special_tokens=False).input_ids]
     chunks = length_batches(lengths, batch_size)
     for chunk in tqdm(chunks, desc="scoring", disable=not progress or len(chunks) < 4, leave=False):
-        logits = last_logits(model, encode_items(model, [items[k] for k in chunk]))
+        logits = logits_fn(model, encode_items(model, [items[k] for k in chunk]))
         for row, k in enumerate(chunk):
             it = items[k]
             cand = logits[row, it.candidate_ids].float()

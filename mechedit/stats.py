@@ -118,6 +118,29 @@ def paired_difference(
     return iv
 
 
+def difference_ci(
+    a: Sequence[float], b: Sequence[float], *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
+) -> Interval:
+    """Bootstrap interval of mean(a) − mean(b) for two *independent* samples (different facts), each resampled.
+
+    For values measured on different facts (an attack on edited facts against a control on other facts), where
+    ``paired_difference`` does not apply. ``None`` and non-finite values are ignored; either sample empty: no mean.
+    """
+    xa, xb = (np.concatenate(_clean([v]) or [np.zeros(0)]) for v in (a, b))
+    n = int(xa.size + xb.size)
+    if not xa.size or not xb.size:
+        return Interval(None, None, None, n, 1, note="one of the two samples is empty")
+    mean = float(xa.mean() - xb.mean())
+    if min(xa.size, xb.size) < 2:
+        return Interval(mean, None, None, n, 1, note="fewer than 2 values in a sample: no interval")
+    rng = np.random.default_rng(seed)
+    boots = np.array([xa[rng.integers(0, xa.size, xa.size)].mean() - xb[rng.integers(0, xb.size, xb.size)].mean()
+                      for _ in range(n_boot)])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return Interval(mean, float(low), float(high), n, 1)
+
+
 def chance_accuracy(n_candidates: Sequence[int]) -> float:
     """Expected accuracy of a uniform guess among each fact's candidates, averaged over facts."""
     if not len(n_candidates):

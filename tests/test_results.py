@@ -18,6 +18,7 @@ import torch
 from mechedit.compare import CompareSettings, Comparison, MethodRun
 from mechedit.components import MLP, Head
 from mechedit.edit import EditConfig, EditResult
+from mechedit.evaluate.attacks import AttackArm, AttackResult
 from mechedit.evaluate.behaviour import Behaviour
 from mechedit.evaluate.diagnostics import Diagnostics
 from mechedit.evaluate.evaluation import Evaluation
@@ -66,11 +67,16 @@ def localization() -> Localization:
                         {"curves": {"full": [0.1, 0.9]}, "chosen_range": [1, 1]})
 
 
+def attack_result() -> AttackResult:
+    return AttackResult("soft-prompt", {"lr": 0.1, "steps": 2}, [filled(AttackArm)], chance=0.25,
+                        never_known_original=0.25, n_trained=2, n_heldout=2, extra={"notes": ["x"]})
+
+
 def evaluation() -> Evaluation:
     return Evaluation(behaviour=filled(Behaviour), original_behaviour=filled(Behaviour), fluency_kl=0.01,
                       relearn=filled(RelearnResult), latent=filled(LatentProbes), diagnostics=filled(Diagnostics),
                       verdict=Verdict("suppressed", reasons=["relearning recovers"]), n_params_trained=99,
-                      extra={"mcq_shots": 3})
+                      attacks={"soft-prompt": attack_result()}, extra={"mcq_shots": 3})
 
 
 def edit_result() -> EditResult:
@@ -102,6 +108,7 @@ CASES = {
     "PatchResult": lambda: PatchResult("path", ["head.0.1", "mlp.1"], [0.5, 1.5], 2.0, 0.0, "noising", {"n": 3}),
     "EditResult": edit_result,
     "Evaluation": evaluation,
+    "AttackResult": attack_result,
     "MethodRun": method_run,
     "Comparison": comparison,
 }

@@ -26,6 +26,7 @@ from mechedit.compare import (
 from mechedit.compare import compare as run_compare
 from mechedit.compare import merge as merge_runs
 from mechedit.edit.objectives import OBJECTIVES
+from mechedit.evaluate.attacks import attack_configs, parse_attacks
 from mechedit.evaluate.relearn import MODES
 from mechedit.localize import METHODS
 from mechedit.models import check_precision
@@ -76,6 +77,8 @@ def check_settings(settings, out: Path, force: bool) -> None:
         check_count(option, value)
     check_choice("--relearn-mode", "mode", settings.relearn_mode, MODES)
     check_precision(settings.device, settings.dtype)
+    parse_attacks(",".join(settings.attacks))
+    attack_configs(settings.soft_prompt_steps, settings.soft_prompt_tokens, settings.in_context_statements)
     check_output(out, "--out", force, kind="dir")
     read_facts(settings.facts)
 
@@ -118,6 +121,12 @@ def compare(
     relearn_mode: str = typer.Option("lora", "--relearn-mode", help="relearning attack: lora (adapter) or full"),
     max_maintain: int = typer.Option(64, "--max-maintain", help="maintain facts per run (seeded sample)"),
     diagnostics: bool = typer.Option(False, "--diagnostics/--no-diagnostics", help="PCA/CKA/Fisher per layer"),
+    attacks: str = typer.Option("", "--attacks", help="input-side attacks with controls, comma-separated: "
+                                                     "soft-prompt, in-context (default: none)"),
+    soft_prompt_steps: int | None = typer.Option(None, "--soft-prompt-steps", help="soft-prompt attack steps (50)"),
+    soft_prompt_tokens: int | None = typer.Option(None, "--soft-prompt-tokens", help="soft-prompt length (8)"),
+    in_context_statements: int | None = typer.Option(None, "--in-context-statements",
+                                                     help="in-context attack: statements before each prompt (4)"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
     device: str = device_option(),
     dtype: str = dtype_option(),
@@ -146,7 +155,9 @@ def compare(
                                    objective=objective, n_facts=n_facts, seeds=seeds, relation=relation, steps=steps,
                                    relearn=relearn, relearn_steps=relearn_steps, relearn_mode=relearn_mode,
                                    max_maintain=max_maintain,
-                                   diagnostics=diagnostics, device=device, dtype=dtype)
+                                   diagnostics=diagnostics, device=device, dtype=dtype, attacks=parse_attacks(attacks),
+                                   soft_prompt_steps=soft_prompt_steps, soft_prompt_tokens=soft_prompt_tokens,
+                                   in_context_statements=in_context_statements)
         check_settings(settings, out, force)
         run_and_report(settings, out, force, shard=part)
 

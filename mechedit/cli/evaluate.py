@@ -16,6 +16,7 @@ from mechedit.edit import EditError, EditResult
 from mechedit.edit.marking import checked_facts, marked_facts
 from mechedit.evaluate import RelearnConfig
 from mechedit.evaluate import evaluate as run_evaluate
+from mechedit.evaluate.attacks import attack_configs, parse_attacks
 from mechedit.facts import FactError, load_csv, load_facts
 from mechedit.models import load_model
 from mechedit.plots.verification import verification_figures
@@ -23,7 +24,7 @@ from mechedit.validate import check_count, check_distinct, check_output, check_r
 from patching.model import Model
 
 EDIT_FACTS_FILE = "facts.csv"  # written by `mechedit edit` next to the delta
-PLOT_NAMES = ("relearning", "latent", "diagnostics")  # figures of mechedit.plots.verification
+PLOT_NAMES = ("relearning", "attacks", "latent", "diagnostics")  # figures of mechedit.plots.verification
 
 
 def transfer_marks(facts, marked):
@@ -118,6 +119,12 @@ def evaluate(
     relearn_steps: int = typer.Option(20, "--relearn-steps"),
     relearn_lr: float | None = typer.Option(None, "--relearn-lr", help="default: 3e-3 (lora), 1e-3 (full)"),
     relearn_mode: str = typer.Option("lora", "--relearn-mode", help="lora (adapter, as in Guo et al.) or full"),
+    attacks: str = typer.Option("", "--attacks", help="input-side attacks with controls, comma-separated: "
+                                                     "soft-prompt, in-context (default: none)"),
+    soft_prompt_steps: int = typer.Option(50, "--soft-prompt-steps", help="soft-prompt attack: Adam steps"),
+    soft_prompt_tokens: int = typer.Option(8, "--soft-prompt-tokens", help="soft-prompt attack: prompt length"),
+    in_context_statements: int = typer.Option(4, "--in-context-statements",
+                                              help="in-context attack: statements before each prompt"),
     max_maintain: int = typer.Option(256, "--max-maintain", help="maintain facts scored (seeded sample)"),
     n_forget: int = typer.Option(16, "--n-forget", help="facts to mark when neither FACTS nor the edit marks any"),
     known_only: bool = typer.Option(True, "--known-only/--all-facts", help="sample only facts the model knows"),
@@ -134,6 +141,8 @@ def evaluate(
         check_count("--relearn-steps", relearn_steps)
         check_rate("--relearn-lr", relearn_lr)
         relearn_config = RelearnConfig(steps=relearn_steps, lr=relearn_lr, mode=relearn_mode)
+        attack_names = parse_attacks(attacks)
+        configs = attack_configs(soft_prompt_steps, soft_prompt_tokens, in_context_statements)
         check_count("--max-maintain", max_maintain)
         check_count("--n-forget", n_forget)
         check_output(out, "--out", force)
@@ -153,7 +162,8 @@ def evaluate(
                                    override=facts_override, fs=fs0)
             ev = run_evaluate(m, fs, edit=result, seed=seed, relearn=relearn,
                               relearn_config=relearn_config, latent=latent,
-                              diagnostics=diagnostics, max_maintain=max_maintain)
+                              diagnostics=diagnostics, max_maintain=max_maintain, attacks=attack_names,
+                              attack_configs=configs)
         except EditError as exc:  # one red line, like every other user-facing error
             raise ValueError(str(exc)) from None
         ev.extra["facts_source"] = source
@@ -181,6 +191,12 @@ def evaluate(
                     "relearn_recovery", "relearn_recovery_uniform", "cka_min",
                     "n_params_trained"):
             table.add_row(key, _fmt(metrics[key]), "")
+        for name, r in (ev.attacks or {}).items():
+            sm = r.summary()
+            ci = sm["signal_ci"] or {}
+            table.add_row(f"{name} signal ({sm['arm'] or 'no arm'}; accuracy vs {sm['control_kind'] or ''} control)",
+                          f"{_fmt(sm['signal'])} [{_fmt(ci.get('low'))}, {_fmt(ci.get('high'))}]"
+                          f" ({_fmt(sm['accuracy'])} vs {_fmt(sm['control'])})", _fmt(sm["original"]))
         if ev.latent is not None and ev.latent.selected is not None:
             sel = ev.latent.selected
             kinds = "/".join(sorted(set(ev.latent.kind.values())))

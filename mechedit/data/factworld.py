@@ -57,7 +57,7 @@ RELATIONS = (
 )
 
 
-def subject_names(seed: int = 0, n: int = N_SUBJECTS) -> list[str]:
+def subject_names(seed: int | str = 0, n: int = N_SUBJECTS) -> list[str]:
     """Invented two-part names (each part two syllables), unique, seeded."""
     rng = random.Random(f"names-{seed}")
     names: list[str] = []
@@ -70,3 +70,13 @@ def subject_names(seed: int = 0, n: int = N_SUBJECTS) -> list[str]:
             seen.add(name)
             names.append(name)
     return names
+
+
+def invented_subjects(n: int, seed: int = 0, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """``n`` names made like the world's but belonging to no world subject (world seed 0) nor to ``exclude``.
+
+    Facts about them are *never known* by construction: the attacks' controls ask a model about them.
+    """
+    taken = set(subject_names(0)) | set(exclude)
+    pool = [s for s in subject_names(f"invented-{seed}", n + len(taken)) if s not in taken]
+    return pool[:n]

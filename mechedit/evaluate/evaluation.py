@@ -2,16 +2,16 @@
 
 ``metrics.json`` (``Evaluation.save``) holds the headline keys (``METRIC_KEYS``) at the top level — each a number in
 [0, 1] or ``null`` when there was nothing to measure (never 0 for "not measured") — plus the renormalized probabilities
-and the sections ``behaviour``, ``original_behaviour``, ``relearn``, ``latent``, ``diagnostics``, ``verdict_inputs``
-and ``extra`` (free-form: facts source, MCQ shots, timings) with the per-layer lists, curves and every number
-the verdict used.
+and the sections ``behaviour``, ``original_behaviour``, ``relearn``, ``attacks``, ``latent``, ``diagnostics``,
+``verdict_inputs`` and ``extra`` (free-form: facts source, MCQ shots, timings) with the per-layer lists, curves and
+every number the verdict used.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -28,6 +28,7 @@ from mechedit.edit.split import (
     split_from_keys,
     split_maintain,
 )
+from mechedit.evaluate.attacks import ATTACKS, AttackResult, run_attacks
 from mechedit.evaluate.behaviour import Behaviour, choose_shots, fluency_kl, next_token_kl, score_behaviour
 from mechedit.evaluate.copying import clone_model
 from mechedit.evaluate.diagnostics import Diagnostics, diagnose
@@ -63,6 +64,7 @@ class Evaluation(SavedResult):
     verdict: Verdict | None = None
     n_params_trained: int | None = None
     fluency: dict | None = None  # held-out per-text KL, the training-half KL, text counts, source, note
+    attacks: dict[str, AttackResult] | None = None  # input-side attacks that ran (``mechedit.evaluate.attacks``)
     extra: dict = field(default_factory=dict)
 
     FILENAME: ClassVar[str] = "metrics.json"
@@ -99,6 +101,7 @@ class Evaluation(SavedResult):
         out["verdict_reason"] = None if self.verdict is None else "; ".join(self.verdict.reasons)
         out["maintain_accuracy_train"] = b.maintain_accuracy_train  # the editor's retain facts (training set)
         out["fluency_kl_train"] = None if self.fluency is None else self.fluency.get("train")
+        out.update(attack_summary(self.attacks))
         return out
 
     def to_dict(self) -> dict:
@@ -107,6 +110,7 @@ class Evaluation(SavedResult):
         d["behaviour"] = self.behaviour.to_dict()
         d["original_behaviour"] = None if self.original_behaviour is None else self.original_behaviour.to_dict()
         d["relearn"] = None if self.relearn is None else self.relearn.to_dict()
+        d["attacks"] = None if self.attacks is None else {k: a.to_dict() for k, a in self.attacks.items()}
         d["latent"] = None if self.latent is None else self.latent.to_dict()
         d["diagnostics"] = None if self.diagnostics is None else self.diagnostics.to_dict()
         d["verdict_inputs"] = None if self.verdict is None else self.verdict.to_dict()
@@ -132,8 +136,22 @@ class Evaluation(SavedResult):
             latent=build(LatentProbes, d.get("latent")), diagnostics=build(Diagnostics, d.get("diagnostics")),
             verdict=build(Verdict, d.get("verdict_inputs")), n_params_trained=d.get("n_params_trained"),
             fluency=d.get("fluency"),
+            attacks=None if d.get("attacks") is None else {k: AttackResult.from_dict(a)
+                                                           for k, a in d["attacks"].items()},
             extra=d.get("extra", d.get("meta", {})),  # "meta": files written before the field was renamed
         )
+
+
+def attack_summary(attacks: Mapping[str, AttackResult] | None) -> dict:
+    """Flat keys per attack that can run (``soft_prompt_signal``, ``..._accuracy``, ``..._control``, ...): null
+    when the attack was not run or could not measure (its note says why)."""
+    out = {}
+    for name in ATTACKS:
+        r = (attacks or {}).get(name)
+        summary = r.summary() if r is not None else {"note": "not run (evaluate --attacks)"}
+        for key in ("signal", "signal_ci", "accuracy", "control", "control_kind", "arm", "note"):
+            out[f"{name.replace('-', '_')}_{key}"] = summary.get(key)
+    return out
 
 
 def latent_summary(lat: LatentProbes | None) -> dict:
@@ -200,7 +218,8 @@ def evaluate(
     fluency_text: str = "auto", n_shots: int | None = None, max_maintain: int | None = 256,
     rule: VerdictRule | None = None, batch_size: int = 64, progress: bool = True,
     original_behaviour: Behaviour | None = None, latent_train: FactSet | None = None,
-    retain_keys: Collection[str] | None = None,
+    retain_keys: Collection[str] | None = None, attacks: Sequence[str] = (),
+    attack_configs: Mapping[str, object] | None = None,
 ) -> Evaluation:
     """Evaluate an edit of ``facts`` (forget/edit facts marked) — never modifying the caller's models.
 
@@ -213,7 +232,9 @@ def evaluate(
     (``fact_key``) the editor trained on (default: recorded in ``edit``, else the editor's seeded rule under
     ``seed``); maintain accuracy and fluency KL are measured on the other, held-out half. Sections: behaviour
     (always), fluency and latent probes (need the original), the relearning attack (``relearn=True``, on a
-    copy), representation diagnostics (``diagnostics=True``), then the verdict (``mechedit.evaluate.verdict``).
+    copy), the input-side attacks named in ``attacks`` ("soft-prompt", "in-context"; configs by name in
+    ``attack_configs``; they need the original model), representation diagnostics (``diagnostics=True``), then
+    the verdict (``mechedit.evaluate.verdict``).
     """
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -259,6 +280,11 @@ def evaluate(
             ev.relearn, relearned = out if diagnostics else (out, None)
         except FactError as e:  # too few forget facts to split: the signal is null, the evaluation goes on
             ev.extra["relearn_note"] = str(e)
+    if attacks:
+        ev.attacks = {}
+        for name in attacks:  # timed one by one; each returns a null signal with a note when it cannot measure
+            ev.attacks.update(timed(f"attack:{name}", run_attacks, [name], edited, facts, original=original,
+                                    seed=seed, configs=attack_configs, progress=progress))
     if latent and original is not None:
         first = None if edit is None else min((c.layer for c in edit.localization.components), default=None)
         ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
@@ -322,6 +348,7 @@ def verdict_of(ev: Evaluation, facts: FactSet, rule: VerdictRule | None = None) 
         forget_accuracy=ev.behaviour.forget_accuracy,
         original_forget_accuracy=None if ev.original_behaviour is None else ev.original_behaviour.forget_accuracy,
         chance=chance, relearn_recovery=None if ev.relearn is None else ev.relearn.recovery,
+        attacks={k: {"value": a.signal, "detail": a.summary()} for k, a in (ev.attacks or {}).items()},
         latent_after=lat_after, latent_before=lat_before, latent_chance=lat_chance, latent_detail=lat_detail,
         mean_cka=mean_cka, rule=rule, formats=formats,
     )

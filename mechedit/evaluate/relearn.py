@@ -115,11 +115,15 @@ class RelearnResult:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
 
 
-def relearn_split(facts: FactSet) -> tuple[FactSet, FactSet, FactSet | None]:
-    """(trained half, held-out half, maintain pool) — raises FactError when the forget set cannot be split."""
+def relearn_split(facts: FactSet, what: str = "relearning") -> tuple[FactSet, FactSet, FactSet | None]:
+    """(trained half, held-out half, maintain pool) — raises FactError when the forget set cannot be split.
+
+    Every attack that must generalize (relearning, soft prompt, in-context) uses this split, so "held out" names
+    the same facts in all of them; ``what`` names the attack in the error.
+    """
     forget = facts.forget_set() if any(f.changes for f in facts) else []
     if len(forget) < MIN_FORGET:
-        raise FactError(f"relearning needs at least {MIN_FORGET} forget facts (half to train on, half to test), "
+        raise FactError(f"{what} needs at least {MIN_FORGET} forget facts (half to train on, half to test), "
                         f"'{facts.name}' has {len(forget)}")
     first, second = forget.halves()
     return first, second, facts.maintain_set() if len(forget) < len(facts) else None

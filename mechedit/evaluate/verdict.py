@@ -15,6 +15,12 @@ behaviour         forget-set true-answer accuracy as a share of the original's a
                   is named in the signal's detail
 relearning        recovery of the held-out half after the relearning attack, above its      ``>= 0.5``
                   prior-only control (``mechedit.evaluate.relearn``): (attack − control) / (original − control)
+soft-prompt       held-out recovery under a trained soft prompt (weights frozen) above the   ``>= 0.5``
+                  larger of its never-known and prior-only controls, same scale
+                  (``mechedit.evaluate.attacks``); run only when asked for
+in-context        held-out recovery when the prompt is preceded by statements of other       ``>= 0.5``
+                  facts (forget or maintain; plain text or chat), the strongest variant,
+                  above its larger control, same scale; run only when asked for
 latent probes     true-answer accuracy of ONE probe of the original model — the position    ``>= 0.5``
                   and layer with the best held-out quality on maintain facts among layers
                   at or after the first edited layer — on the edited model's forget facts,
@@ -32,7 +38,7 @@ drift             1 − mean linear CKA (original vs edited, forget prompts), in
                   a suppression leaves representations almost unchanged (Xu et al.)
 ================  =====================================================================  ===============
 
-With neither relearning nor latent probes, there is nothing to decide on and the verdict is ``None``. When
+With none of relearning, the attacks and latent probes, there is nothing to decide on and the verdict is ``None``. When
 the verdict says ``removed`` but drift is below ``min_drift`` (representations practically unchanged), a note
 warns that the removal rests on a small change. Every number is returned beside the verdict.
 """
@@ -53,6 +59,8 @@ class VerdictRule:
 
     behaviour: float = 0.5
     relearn: float = 0.5
+    soft_prompt: float = 0.5
+    in_context: float = 0.5
     latent: float = 0.5
     latent_margin: float = 0.2  # the original's latent accuracy must exceed chance by this much to be a signal
     min_drift: float = 0.01
@@ -101,8 +109,12 @@ def decide(
     relearn_recovery: float | None = None, latent_after: float | None = None, latent_before: float | None = None,
     latent_chance: float | None = None, latent_detail: dict | None = None, mean_cka: float | None = None,
     rule: VerdictRule | None = None, formats: Mapping[str, Mapping[str, float | None]] | None = None,
+    attacks: Mapping[str, Mapping] | None = None,
 ) -> Verdict:
     """Apply the rule of the module docstring to the given numbers (None = signal not measured).
+
+    ``attacks``: input-side attacks that ran, name ("soft-prompt", "in-context") -> {"value": signal or None,
+    "detail": {...}}; an attack that did not run is absent (not a signal).
 
     ``formats``: more prompt formats for the behaviour signal, name -> {accuracy, original, chance} (true-answer
     accuracies of the edited and the original model); the training prompt is always the format ``prompt``.
@@ -129,6 +141,14 @@ def decide(
         f"true answer still given ({deciding or 'prompt'}; share of the original above chance, largest over "
         f"{', '.join(k for k, v in per_format.items() if v['normalized'] is not None) or 'no format'})")
     add("relearning", relearn_recovery, rule.relearn, {}, "held-out recovery above the prior-only control")
+    for name, a in (attacks or {}).items():
+        threshold = getattr(rule, name.replace("-", "_"))
+        detail = dict(a.get("detail") or {})
+        add(name, a.get("value"), threshold, detail,
+            f"held-out recovery above its {detail.get('control_kind') or 'larger'} control"
+            + (f" ({detail['arm']})" if detail.get("arm") else ""))
+        if a.get("value") is None and detail.get("note"):
+            reasons.append(f"{name}: not measured — {detail['note']}")
     lat_chance = latent_chance if latent_chance is not None else chance
     lat = normalized(latent_after, lat_chance, latent_before)
     sel = (latent_detail or {}).get("selected")
@@ -177,10 +197,10 @@ def decide(
     drift = None if mean_cka is None else float(1.0 - mean_cka)
     signals["drift"] = {"value": drift, "threshold": rule.min_drift, "says": "informative",
                         "detail": {"mean_cka": mean_cka}}
-    decisive = [signals[k] for k in ("relearning", "latent") if signals[k]["value"] is not None]
+    decisive = [signals[k] for k in ("relearning", *(attacks or {}), "latent") if signals[k]["value"] is not None]
     if not decisive:
         verdict = None
-        reasons.append("neither the relearning attack nor latent probes gave a value (not run, or null): no verdict")
+        reasons.append("neither the attacks nor latent probes gave a value (not run, or null): no verdict")
     elif any(s["says"] == "suppressed" for s in decisive) or signals["behaviour"]["says"] == "suppressed":
         verdict = "suppressed"
     else:

@@ -108,9 +108,12 @@ def plot_diagnostics(ev) -> go.Figure:
 
 
 def verification_figures(ev) -> dict[str, go.Figure]:
-    """Every figure the evaluation has data for, by name (relearning, latent, diagnostics)."""
+    """Every figure the evaluation has data for, by name (relearning, attacks, latent, diagnostics)."""
     out = {}
-    for name, fn in (("relearning", plot_relearning), ("latent", plot_latent), ("diagnostics", plot_diagnostics)):
+    from mechedit.plots.attacks import plot_attacks
+
+    for name, fn in (("relearning", plot_relearning), ("attacks", plot_attacks), ("latent", plot_latent),
+                     ("diagnostics", plot_diagnostics)):
         try:
             out[name] = fn(ev)
         except ValueError:
