@@ -109,6 +109,13 @@ def test_verdict_rule():
     assert v.signals["latent"]["detail"]["too_weak"] and any("not used" in r for r in v.reasons)
     v = decide(**common, latent_after=0.4, latent_before=0.4, latent_chance=0.25)
     assert v.verdict is None  # nothing decisive left
+    # input-side attacks alone: one that recovers the facts says suppressed; none recovering is not a removal
+    caught = {"soft-prompt": {"value": 0.7, "detail": {}}}
+    assert decide(**common, attacks=caught).verdict == "suppressed"
+    missed = {"soft-prompt": {"value": 0.1, "detail": {}}, "in-context": {"value": None, "detail": {}}}
+    v = decide(**common, attacks=missed)
+    assert v.verdict is None and any("removal needs relearning or latent probes" in r for r in v.reasons)
+    assert decide(**common, attacks=missed, relearn_recovery=0.1).verdict == "removed"
 
 
 def test_latent_probes_train_on_extra_facts_but_never_on_forget_subjects(factworld, sport_facts, monkeypatch):

@@ -38,7 +38,9 @@ drift             1 − mean linear CKA (original vs edited, forget prompts), in
                   a suppression leaves representations almost unchanged (Xu et al.)
 ================  =====================================================================  ===============
 
-With none of relearning, the attacks and latent probes, there is nothing to decide on and the verdict is ``None``. When
+With none of relearning, the attacks and latent probes, there is nothing to decide on and the verdict is ``None``.
+The input-side attacks can make a verdict ``suppressed`` but not ``removed`` on their own: ``removed`` needs a value
+from relearning or latent probes (on factworld the attacks miss a planted output suppression). When
 the verdict says ``removed`` but drift is below ``min_drift`` (representations practically unchanged), a note
 warns that the removal rests on a small change. Every number is returned beside the verdict.
 """
@@ -198,11 +200,17 @@ def decide(
     signals["drift"] = {"value": drift, "threshold": rule.min_drift, "says": "informative",
                         "detail": {"mean_cka": mean_cka}}
     decisive = [signals[k] for k in ("relearning", *(attacks or {}), "latent") if signals[k]["value"] is not None]
+    weights_side = [k for k in ("relearning", "latent") if signals[k]["value"] is not None]
     if not decisive:
         verdict = None
         reasons.append("neither the attacks nor latent probes gave a value (not run, or null): no verdict")
     elif any(s["says"] == "suppressed" for s in decisive) or signals["behaviour"]["says"] == "suppressed":
         verdict = "suppressed"
+    elif not weights_side:
+        verdict = None
+        reasons.append("only input-side attacks gave a value and none recovered the facts; they can show a fact is "
+                       "still there but not that it is gone (on factworld they miss a planted output suppression), "
+                       "so removal needs relearning or latent probes: no verdict")
     else:
         verdict = "removed"
         if drift is not None and drift < rule.min_drift:
