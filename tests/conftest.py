@@ -51,3 +51,16 @@ def smollm2():
     from mechedit.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def small_comparison(tmp_path_factory):
+    """(output directory, summary) of one small real comparison, run once per session for the compare and report
+    tests: 2 seeds x (probe, path, random, nonlocalized), short edits and attacks."""
+    from mechedit.compare import CompareSettings, compare
+
+    out = tmp_path_factory.mktemp("compare")
+    settings = CompareSettings(model="factworld", facts="factworld", relation="sport",
+                               methods=["probe", "path", "random", "nonlocalized"], n_facts=8, seeds=2, steps=20,
+                               max_maintain=24, relearn_steps=6)
+    return out, compare(settings, out, progress=False)
