@@ -50,15 +50,15 @@ class ExplorerView:
 
     selection: Selection
     prompt: str  # the prompt whose tokens the attention figure shows
-    head_scores: dict[str, float]  # head label -> share of the clean − corrupted gap restored (activation patching)
-    mlp_scores: dict[str, float]  # MLP label -> the same for MLPs
+    head_scores: dict[str, float] = field(repr=False)  # head label -> share of the clean − corrupted gap restored
+    mlp_scores: dict[str, float] = field(repr=False)  # MLP label -> the same for MLPs (activation patching)
     extraction: list[tuple[str, float]]  # the top heads by direct effect on the logits, best first
     head: str  # the head whose attention is shown
-    tokens: list[str]
-    attention: list[float]  # that head's attention from the last token, per token
+    tokens: list[str] = field(repr=False)
+    attention: list[float] = field(repr=False)  # that head's attention from the last token, per token
     clean: float  # the metric on the clean prompts
     corrupt: float  # the metric on the corrupted prompts
-    figures: dict[str, go.Figure] = field(default_factory=dict)
+    figures: dict[str, go.Figure] = field(default_factory=dict, repr=False)
 
 
 class CircuitExplorer:

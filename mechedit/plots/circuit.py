@@ -18,9 +18,10 @@ def plot_extraction_heads(top: Sequence[tuple[str, float]], title: str = "top ex
     fig = go.Figure(go.Bar(x=[v for _, v in top], y=labels, orientation="h",
                            marker_color=[CHOSEN] + [OTHER] * (len(top) - 1),
                            hovertemplate="%{y}: direct effect %{x:.3f}<extra></extra>"))
-    fig.update_layout(title=title, template="plotly_white", height=120 + 28 * len(top), showlegend=False,
+    fig.update_layout(title=title, template="plotly_white", height=170 + 34 * len(top), showlegend=False,
                       xaxis_title="share of the clean − corrupted gap carried straight to the logits",
-                      yaxis={"autorange": "reversed"}, margin={"l": 90})
+                      yaxis={"autorange": "reversed", "tickmode": "array", "tickvals": labels, "ticktext": labels},
+                      margin={"l": 90})
     return fig
 
 
