@@ -79,7 +79,8 @@ def test_forest_and_curve_figures_from_plain_numbers():
     paired = {"probe": {"path": {"edit_accuracy": stat, "forget_accuracy": {"mean": None}}},
               "nonlocalized": {}}
     fig = forest_figure(paired, [("edit", "edit_accuracy"), ("forget", "forget_accuracy")], ["probe", "path"])
-    assert len(fig.data) == 1 and list(fig.data[0].x) == [0.1] and fig.data[0].marker.color == ("white",)
+    dots = [tr for tr in fig.data if tr.name == "path"]  # (the first, nameless trace only orders the rows)
+    assert len(dots) == 1 and list(dots[0].x) == [0.1] and dots[0].marker.color == ("white",)
     assert forest_figure({}, [("edit", "edit_accuracy")], ["probe"]) is None
     curves = {"a": {0: ([0, 1, 2], [0.0, 0.5, 1.0]), 1: ([0, 1, 2], [0.0, 0.25, 0.5])}}
     fig = mean_curve_figure(curves, ["a", "b"], title="t", xlabel="layer", ylabel="y")

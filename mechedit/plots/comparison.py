@@ -47,6 +47,9 @@ def forest_figure(paired: Mapping[str, Mapping[str, Mapping[str, dict]]], column
     rows = [(h, k, m) for h, k in shown for m in others]
     fig = make_subplots(rows=1, cols=len(refs), shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=[f"method − {r}" for r in refs])
+    # an empty trace over every row fixes the row order (multicategory axes order rows by first appearance)
+    fig.add_scatter(x=[None] * len(rows), y=[[h for h, _, _ in rows], [m for _, _, m in rows]], mode="markers",
+                    showlegend=False, hoverinfo="skip", row=1, col=1)
     legend: set[str] = set()
     for col, ref in enumerate(refs, start=1):
         for m in others:
@@ -72,6 +75,7 @@ def forest_figure(paired: Mapping[str, Mapping[str, Mapping[str, dict]]], column
             c = colors[m]
             fig.add_scatter(
                 x=xs, y=ys, mode="markers", name=m, legendgroup=m, showlegend=m not in legend,
+                legendrank=100 + list(methods).index(m),  # legend in the comparison's method order
                 error_x={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo, "color": c,
                          "thickness": 2, "width": 4},
                 marker={"color": [c if f else "white" for f in filled], "size": 9, "symbol": "circle",
