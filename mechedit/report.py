@@ -226,6 +226,17 @@ def _mean(values: Sequence) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _before_edit(latent: Sequence[Mapping]) -> tuple[str, list[int], list[float]] | None:
+    """The original model's per-layer latent accuracy (best of the positions, mean over runs), the curve the edited
+    models are read against; None when no run kept it."""
+    curves = [[max(v) for v in zip(*lat["original_before"].values(), strict=True)]
+              for lat in latent if isinstance(lat.get("original_before"), Mapping) and lat["original_before"]]
+    if not curves or len({len(c) for c in curves}) != 1:
+        return None
+    mean = [sum(v) / len(v) for v in zip(*curves, strict=True)]
+    return "original model (before the edit)", list(range(len(mean))), mean
+
+
 def curve_sections(summary: Mapping) -> list[Section]:
     """Relearning, latent-probe and CKA curves: one line per method with a 95 % band over seeds."""
     methods = list(summary["methods"])
@@ -246,16 +257,20 @@ def curve_sections(summary: Mapping) -> list[Section]:
             "true-answer accuracy on the other half, which it never trains on (mean over seeds, band: bootstrap "
             "95 % CI over seeds). A line that climbs towards the original model's accuracy means those facts were "
             "suppressed, not removed; a line that stays near chance means they did not come back." + toggle))
+    latent = [r["metrics"].get("latent") or {} for r in runs]
     fig = mean_curve_figure(run_curves(runs, "latent_probe_accuracy"), methods,
                             title="Latent probes: true answer decodable from the edited model",
-                            xlabel="layer", ylabel="probe accuracy (true answer)")
+                            xlabel="layer", ylabel="probe accuracy (true answer)",
+                            references={"chance": c} if (c := _mean([lat.get("chance") for lat in latent])) else None,
+                            baseline=_before_edit(latent))
     if fig is not None:
         out.append(figure_section(
             "Latent probes", fig,
             "per layer, how often probes fitted on the original model still read the old (true) answer from the "
             "edited model's residual stream on the changed facts (best of the two token positions; mean over seeds, "
-            "band: 95 % CI over seeds). High values mean the answer is still inside the model even if it is no "
-            "longer said." + toggle))
+            "band: 95 % CI over seeds), against the same probes on the original model (grey dashed) and chance. "
+            "A line near the grey one means the answer is still inside the model even if it is no longer said; "
+            "near chance, the probes no longer find it." + toggle))
     fig = mean_curve_figure(run_curves(runs, "diagnostics.cka"), methods,
                             title="Linear CKA between the original and the edited model", xlabel="layer",
                             ylabel="linear CKA")

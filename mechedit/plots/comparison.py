@@ -104,13 +104,20 @@ def _series(values: Sequence) -> list[float] | None:
 def mean_curve_figure(curves: Mapping[str, Mapping[int, tuple[Sequence[float], Sequence[float | None]]]],
                       methods: Sequence[str], *, title: str, xlabel: str, ylabel: str,
                       y_range: tuple[float, float] | None = (-0.02, 1.02),
-                      references: Mapping[str, float] | None = None) -> go.Figure | None:
+                      references: Mapping[str, float] | None = None,
+                      baseline: tuple[str, Sequence[int], Sequence[float]] | None = None) -> go.Figure | None:
     """One line per method (mean over seeds at each x) with a bootstrap 95 % band over seeds; per-seed lines hidden
     behind the figure's "per-seed lines" button. ``curves``: method -> seed -> (x values, y values). x is integer
     (layers, steps): the axis shows only integer ticks. ``references``: labelled horizontal lines (chance, the
-    original model). None when no method has a curve."""
+    original model); ``baseline``: (label, x, y) of a grey dashed reference curve (e.g. the original model per
+    layer). None when no method has a curve."""
     colors = method_colors(methods)
     fig = go.Figure()
+    if baseline is not None and any(curves.values()):
+        label, bx, by = baseline
+        fig.add_scatter(x=[int(v) for v in bx], y=list(by), mode="lines", name=label, legendrank=1,
+                        line={"color": "grey", "dash": "dash", "width": 2},
+                        hovertemplate=f"{label}: %{{y:.3f}} at {xlabel} %{{x}}<extra></extra>")
     for i, (label, y) in enumerate((references or {}).items()):
         fig.add_hline(y=y, line_dash="dash" if i == 0 else "dot", line_color="grey", annotation_text=label,
                       annotation_position="bottom left" if i == 0 else "top left",
