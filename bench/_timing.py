@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
+
+
+def parser(doc: str, n_facts: int) -> argparse.ArgumentParser:
+    """The options every model benchmark takes: --model, --facts, --n-facts, --repeats."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--facts", default="counterfact")
+    p.add_argument("--n-facts", type=int, default=n_facts)
+    p.add_argument("--repeats", type=int, default=3)
+    return p
 
 
 def timed(fn, repeats: int):

@@ -61,21 +61,23 @@ def worker(args) -> None:
     """Run one configuration and print a JSON line with its measurements."""
     import torch
 
-    from mechedit.components import MLP, Attn, model_shape
+    from mechedit.components import MLP, Attn
     from mechedit.edit import EditConfig, edit
     from mechedit.facts import load_facts
     from mechedit.localize.localization import Localization, make_localization
     from mechedit.models import load_model
+    from mechedit.tokens import validate_facts
+    from patching.model import arch
 
     torch.set_num_threads(args.threads)
     model = load_model("smollm2-135m")
     subjects = set(json.loads(Path(args.facts).read_text()))
-    rel = load_facts("counterfact").validated(model.tokenizer, on_collision="drop").by_relation()[args.relation]
+    rel = validate_facts(model.tokenizer, load_facts("counterfact"), on_collision="drop").by_relation()[args.relation]
     facts = rel.subset([f for f in rel if f.subject in subjects]).mark_forget(N_EDITS, seed=0)
     if args.worker == "localized":
         loc = Localization.load(args.localization)
     else:
-        layers = range(model_shape(model).n_layers)
+        layers = range(arch(model).n_layers)
         loc = make_localization(model, "nonlocalized", [c for i in layers for c in (Attn(i), MLP(i))])
     cfg = EditConfig(steps=args.steps)
     rss_before = _status_kb("VmRSS")
@@ -102,11 +104,13 @@ def prepare(args, workdir: Path) -> tuple[Path, Path, str]:
     from mechedit.facts import load_facts
     from mechedit.localize.localization import Localization, make_localization
     from mechedit.models import load_model
+    from mechedit.scoring import known_facts
+    from mechedit.tokens import validate_facts
 
     torch.set_num_threads(args.threads)
     model = load_model("smollm2-135m")
-    facts = load_facts("counterfact").validated(model.tokenizer, on_collision="drop")
-    rel = facts.by_relation()[args.relation].known_by(model, batch_size=64)
+    facts = validate_facts(model.tokenizer, load_facts("counterfact"), on_collision="drop")
+    rel = known_facts(model, facts.by_relation()[args.relation], batch_size=64)
     facts_csv = workdir / "known_subjects.json"  # (FactSet.to_csv cannot round-trip paraphrases containing '|')
     facts_csv.write_text(json.dumps([f.subject for f in rel]))
     loc_path = workdir / "loc.json"

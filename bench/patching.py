@@ -15,7 +15,6 @@ the clean and corrupted caching runs). The difference is measured on the sampled
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -24,30 +23,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _timing import timed  # noqa: E402
+from _timing import parser, timed  # noqa: E402
 
 from mechedit.facts import load_facts  # noqa: E402
 from mechedit.localize.patch_setup import patch_setup  # noqa: E402
 from mechedit.models import load_model  # noqa: E402
+from mechedit.scoring import known_facts  # noqa: E402
+from mechedit.tokens import validate_facts  # noqa: E402
 from patching.activation import activation_patch  # noqa: E402
 from patching.path import path_patch  # noqa: E402
 from patching.reference import activation_patch_reference, path_patch_reference  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--facts", default="counterfact")
-    p.add_argument("--n-facts", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p = parser(__doc__, n_facts=32)
     p.add_argument("--baseline-repeats", type=int, default=None, help="default: --repeats")
     p.add_argument("--baseline-sample", type=int, default=30, help="components per task for the loop (0: all)")
     args = p.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
     model = load_model(args.model)
-    facts = load_facts(args.facts).validated(model.tokenizer, on_collision="drop")
-    known = facts.sample(6 * args.n_facts, seed=0).known_by(model)
+    facts = validate_facts(model.tokenizer, load_facts(args.facts), on_collision="drop")
+    known = known_facts(model, facts.sample(6 * args.n_facts, seed=0))
     if len(known) < args.n_facts:
         raise SystemExit(f"only {len(known)} known facts among {6 * args.n_facts} sampled; lower --n-facts")
     setup = patch_setup(model, known, max_facts=args.n_facts, seed=0)

@@ -18,7 +18,6 @@ under the mechedit cache (scoring 2,189 facts is itself a few minutes). Run: ``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,13 +32,14 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))  # for _timing
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _timing import timed  # noqa: E402
+from _timing import parser, timed  # noqa: E402
 
+from mechedit import scoring  # noqa: E402
 from mechedit.cache import cache_dir  # noqa: E402
-from mechedit.components import model_shape  # noqa: E402
 from mechedit.facts import Fact, FactSet, load_facts  # noqa: E402
 from mechedit.models import fingerprint, load_model  # noqa: E402
-from mechedit.tokens import encode  # noqa: E402
+from mechedit.tokens import encode, validate_facts  # noqa: E402
+from patching.model import arch  # noqa: E402
 from probes import LogisticProbe, collect_activations, layer_hooks, stratified_split  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def known_facts(model, name: str) -> FactSet:
         return FactSet([Fact(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in keys})
                         for r in rows], name=f"{name}:known")
     t0 = time.perf_counter()
-    known = load_facts(name).validated(model.tokenizer, on_collision="drop").known_by(model)
+    known = scoring.known_facts(model, validate_facts(model.tokenizer, load_facts(name), on_collision="drop"))
     print(f"scored {name} for known facts in {time.perf_counter() - t0:.0f} s (cached at {path})")
     path.parent.mkdir(parents=True, exist_ok=True)
     known.to_jsonl(path)
@@ -76,13 +76,9 @@ def select(known: FactSet, n: int, min_class: int, seed: int) -> FactSet:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--facts", default="counterfact")
-    p.add_argument("--n-facts", type=int, default=512)
+    p = parser(__doc__, n_facts=512)
     p.add_argument("--min-class", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--baseline-repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     args = p.parse_args()
@@ -112,7 +108,7 @@ def main() -> None:
         from sklearn.preprocessing import StandardScaler
 
         t0 = time.perf_counter()
-        X = torch.empty(len(hooks), len(facts), model_shape(model).d_model)
+        X = torch.empty(len(hooks), len(facts), arch(model).d_model)
         for s, e in chunks:
             ids, mask, pos = trimmed(s, e)
             _, cache = model.run_with_cache(ids, attention_mask=mask)

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import torch
+from filelock import FileLock, Timeout
+
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
@@ -191,8 +194,6 @@ _LOCKS: dict[str, object] = {}
 
 def _lock_for(directory: Path):
     """The process-wide FileLock of a cache directory (one object per path, so nested use is reentrant)."""
-    from filelock import FileLock
-
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     path = str(directory.parent / f".{directory.name}.lock")
@@ -204,8 +205,6 @@ def _lock_for(directory: Path):
 @contextlib.contextmanager
 def cache_lock(directory: Path) -> Iterator[None]:
     """Hold the build lock of a cache directory (reentrant in a thread); say so when waiting for another process."""
-    from filelock import Timeout
-
     lock = _lock_for(directory)
     try:
         lock.acquire(timeout=0)
@@ -236,8 +235,6 @@ def move_aside(directory: Path, reason: str) -> Path:
 
 def nonfinite_parameters(model) -> list[str]:
     """Names of parameters holding NaN or inf (a finite sum proves a tensor finite; otherwise check exactly)."""
-    import torch
-
     bad = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # memory-bound; 0.08 s for SmolLM2 on one thread, seconds when 2 threads contend
@@ -278,14 +275,13 @@ def _try_load(directory: Path):
 
     Raises CacheError, leaving the cache untouched, when loading fails although the files match their record.
     """
-    import torch
-
     status = inspect_cache(directory)
     if status.state == "absent":
         return None, None
     if not status.usable:
         return None, status
     try:
+        # transformers is imported lazily: it adds ~2 s to every `import mechedit`
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         with quiet_transformers():
@@ -317,8 +313,6 @@ def _try_load(directory: Path):
 
 def _record_legacy(directory: Path, status: CacheStatus) -> None:
     """Write a full record into a cache from before records, once it loaded with finite weights."""
-    from filelock import Timeout
-
     try:
         lock = _lock_for(directory)
         lock.acquire(timeout=0)
@@ -339,6 +333,7 @@ def _record_legacy(directory: Path, status: CacheStatus) -> None:
 
 def quiet_transformers():
     """Context that hides transformers' progress bars and advisory warnings during loads."""
+    # transformers is imported lazily: it adds ~2 s to every `import mechedit`
     from transformers.utils import logging as hf_logging
 
     @contextlib.contextmanager

@@ -19,10 +19,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from tqdm.auto import tqdm
 
+from mechedit.edit import EditConfig, edit
+from mechedit.edit.marking import checked_facts
+from mechedit.evaluate import RelearnConfig, evaluate
 from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
+from mechedit.localize import get_localizer
+from mechedit.localize.localization import Localization
+from mechedit.models import load_model
+from mechedit.results import SavedResult
+from mechedit.scoring import known_facts
 from mechedit.stats import Interval, bootstrap_ci, paired_difference
 
 BUDGET_SOURCES = ("probe", "path")  # the fact-lookup localizations that define the parameter budget
@@ -68,14 +77,61 @@ class CompareSettings:
 
 
 @dataclass
-class MethodRun:
-    """One method on one seed: its localization, the verification metrics, and timings."""
+class MethodRun(SavedResult):
+    """One method on one seed: its localization, the verification metrics (metrics.json layout), and timings."""
 
     method: str
     seed: int
-    localization: dict
+    localization: Localization
     metrics: dict
     seconds: dict
+    extra: dict = field(default_factory=dict)
+
+    FILENAME: ClassVar[str] = "run.json"
+
+    def to_dict(self) -> dict:
+        """JSON-serializable dict (the localization in its loc.json form)."""
+        return {"method": self.method, "seed": self.seed, "localization": self.localization.to_dict(),
+                "metrics": self.metrics, "seconds": self.seconds, "extra": self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MethodRun:
+        """Inverse of ``to_dict``."""
+        return cls(d["method"], int(d["seed"]), Localization.from_dict(d["localization"]), d["metrics"],
+                   d["seconds"], d.get("extra", {}))
+
+
+@dataclass
+class Comparison(SavedResult):
+    """What ``compare`` returns and writes as summary.json: settings, provenance, per-method statistics, every run."""
+
+    settings: CompareSettings
+    methods: dict[str, dict]  # method -> {"columns": {key: stats}, "n_params": stats, "verdicts": {verdict: count}}
+    paired: dict[str, dict]  # reference -> method -> column -> paired difference (method − reference) with its CI
+    runs: list[MethodRun]
+    elapsed_seconds: float
+    n_known_facts: int
+    fact_pool: str
+    versions: dict[str, str]
+    command: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    FILENAME: ClassVar[str] = "summary.json"
+
+    def to_dict(self) -> dict:
+        """The summary.json layout."""
+        return {"settings": asdict(self.settings), "command": self.command, "elapsed_seconds": self.elapsed_seconds,
+                "n_known_facts": self.n_known_facts, "fact_pool": self.fact_pool, "versions": self.versions,
+                "methods": self.methods, "paired": self.paired, "runs": [r.to_dict() for r in self.runs],
+                "extra": self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Comparison:
+        """Inverse of ``to_dict``."""
+        return cls(CompareSettings(**d["settings"]), d["methods"], d.get("paired", {}),
+                   [MethodRun.from_dict(r) for r in d["runs"]],
+                   d["elapsed_seconds"], d["n_known_facts"], d["fact_pool"], d["versions"], d.get("command"),
+                   d.get("extra", {}))
 
 
 def pick_relation(known: FactSet, relation: str | None) -> FactSet:
@@ -110,21 +166,15 @@ def _latent_max(metrics: dict) -> float | None:
     return max(curve) if curve else None
 
 
-def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Run the comparison; returns the summary dict (also written to ``out_dir`` when given)."""
-    from mechedit.edit import EditConfig, edit
-    from mechedit.edit.marking import checked_facts
-    from mechedit.evaluate import RelearnConfig, evaluate
-    from mechedit.localize import get_localizer
-    from mechedit.models import load_model
-
+def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True) -> Comparison:
+    """Run the comparison; returns its Comparison (also written to ``out_dir`` when given)."""
     t_start = time.time()
     base = load_model(settings.model)  # never modified: localization and the reference for verification
     work = load_model(settings.model)  # edited and reverted for every run
     facts = checked_facts(base, load_facts(settings.facts), settings.facts in BUNDLED_FACTSETS)
     if settings.relation is not None:  # filter first: scoring a whole large fact set is the slow part
         facts = pick_relation(facts, settings.relation)
-    known = facts.known_by(base)
+    known = known_facts(base, facts)
     pool = pick_relation(known, settings.relation)
     methods = list(dict.fromkeys(settings.methods))
     for m in methods:
@@ -157,14 +207,14 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
                               n_shots=reference.get("n_shots"), original_behaviour=reference.get("behaviour"),
                               latent_train=pool,  # latent probes, like the probe localizer, learn from the relation
                               retain_keys=result.extra["heldout"]["retain"])  # maintain scored on the held-out half
-                reference.setdefault("n_shots", ev.meta["mcq_shots"])
+                reference.setdefault("n_shots", ev.extra["mcq_shots"])
                 reference.setdefault("behaviour", ev.original_behaviour)
             finally:
                 result.revert(work)
             metrics = ev.to_dict()
             metrics["latent_probe_max"] = _latent_max(metrics)
             metrics["n_params_trained"] = int(result.n_params_trained)  # evaluate saw the edited model, not the edit
-            runs.append(MethodRun(method, seed, loc.to_dict(), metrics,
+            runs.append(MethodRun(method, seed, loc, metrics,
                                   {"localize": t1 - t0, "edit": t2 - t1, "evaluate": time.time() - t2}))
             bar.update(1)
     bar.close()
@@ -226,7 +276,8 @@ def _stats(values: list) -> dict:
     return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
 
 
-def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, n_known: int, pool: str) -> dict:
+def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, n_known: int,
+              pool: str) -> Comparison:
     """Per-method mean, SD and CI of every summary column, paired differences, verdict counts and provenance."""
     methods: dict[str, dict] = {}
     for m in dict.fromkeys(r.method for r in runs):
@@ -234,21 +285,21 @@ def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, 
         verdicts = [r.metrics.get("verdict") for r in mine]
         methods[m] = {
             "columns": {key: _column(mine, key) for _, key in COLUMNS},
-            "n_params": _stats([r.localization.get("n_params") for r in mine]),
+            "n_params": _stats([r.localization.n_params for r in mine]),
             "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)},
         }
     paired = {ref: paired_table(runs, ref) for ref in PAIRED_REFERENCES if ref in methods}
-    return {
-        "settings": asdict(settings),
-        "command": " ".join(["mechedit"] + sys.argv[1:]) if sys.argv and "mechedit" in sys.argv[0] else None,
-        "elapsed_seconds": elapsed,
-        "n_known_facts": n_known,
-        "fact_pool": pool,
-        "versions": versions(),
-        "methods": methods,
-        "paired": paired,
-        "runs": [asdict(r) for r in runs],
-    }
+    return Comparison(
+        settings=settings,
+        command=" ".join(["mechedit"] + sys.argv[1:]) if sys.argv and "mechedit" in sys.argv[0] else None,
+        elapsed_seconds=elapsed,
+        n_known_facts=n_known,
+        fact_pool=pool,
+        versions=versions(),
+        methods=methods,
+        paired=paired,
+        runs=runs,
+    )
 
 
 def versions() -> dict:
@@ -267,12 +318,11 @@ def versions() -> dict:
             "platform": platform.platform()}
 
 
-def write_run(out: Path, summary: dict) -> None:
+def write_run(out: Path, summary: Comparison) -> None:
     """Write summary.json, summary.csv and <method>/{loc.json, metrics.json} (seed 0 at top, all seeds inside)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    summary.save(out)
     rows = ["method,verdicts,params," + ",".join(f"{k}_mean,{k}_sd,{k}_ci_low,{k}_ci_high" for _, k in COLUMNS)]
-    for m, s in summary["methods"].items():
+    for m, s in summary.methods.items():
         cells = [m, " ".join(f"{v}:{n}" for v, n in s["verdicts"].items()), _fmt_csv(s["n_params"]["mean"])]
         for _, key in COLUMNS:
             c = s["columns"][key]
@@ -280,12 +330,11 @@ def write_run(out: Path, summary: dict) -> None:
         rows.append(",".join(cells))
     (out / "summary.csv").write_text("\n".join(rows) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
-    for m in summary["methods"]:
-        mine = [r for r in summary["runs"] if r["method"] == m]
-        (out / m).mkdir(exist_ok=True)
-        (out / m / "loc.json").write_text(json.dumps(mine[0]["localization"], indent=2, default=_json_default))
-        metrics = dict(mine[0]["metrics"])
-        metrics["per_seed"] = [{"seed": r["seed"], **r["metrics"]} for r in mine]
+    for m in summary.methods:
+        mine = [r for r in summary.runs if r.method == m]
+        mine[0].localization.save(out / m)
+        metrics = dict(mine[0].metrics)
+        metrics["per_seed"] = [{"seed": r.seed, **r.metrics} for r in mine]
         (out / m / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
 
 
@@ -317,27 +366,27 @@ PAIRED_LEGEND = ("paired difference (method − reference) on the same seeds and
                  "an interval that contains 0 shows no difference at this size")
 
 
-def paired_rows(summary: dict, reference: str) -> tuple[list[str], list[list[str]]]:
+def paired_rows(summary: Comparison, reference: str) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted rows of the paired difference table against ``reference`` (empty if absent)."""
-    table = (summary.get("paired") or {}).get(reference) or {}
+    table = summary.paired.get(reference) or {}
     shown = [(h, k) for h, k in COLUMNS if any(c[k]["mean"] is not None for c in table.values())]
     rows = [[method, *[format_cell(cols[k], sd=False) for _, k in shown]] for method, cols in table.items()]
     return [f"method − {reference}", *[h for h, _ in shown]], rows
 
 
-def summary_title(summary: dict) -> str:
+def summary_title(summary: Comparison) -> str:
     """Model, fact pool, objective and size of a comparison, in one line."""
-    s = summary["settings"]
-    return (f"{s['model']} · {summary['fact_pool']} · objective {s['objective']} · "
-            f"{s['n_facts']} facts × {s['seeds']} seed(s)")
+    s = summary.settings
+    return (f"{s.model} · {summary.fact_pool} · objective {s.objective} · "
+            f"{s.n_facts} facts × {s.seeds} seed(s)")
 
 
-def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+def table_rows(summary: Comparison) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted rows of the summary table (columns nobody measured are left out)."""
     shown = [(h, k) for h, k in COLUMNS
-             if any(m["columns"][k]["mean"] is not None for m in summary["methods"].values())]
+             if any(m["columns"][k]["mean"] is not None for m in summary.methods.values())]
     rows = []
-    for method, m in summary["methods"].items():
+    for method, m in summary.methods.items():
         verdict = ", ".join(f"{v} {n}/{sum(m['verdicts'].values())}" for v, n in m["verdicts"].items())
         params = m["n_params"]["mean"]
         rows.append([method, *[format_cell(m["columns"][k]) for _, k in shown], verdict,
@@ -345,10 +394,10 @@ def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     return ["method", *[h for h, _ in shown], "verdict", "params"], rows
 
 
-def summary_markdown(summary: dict) -> str:
+def summary_markdown(summary: Comparison) -> str:
     """The summary table as Markdown (summary.md: paste it into a paper draft or a README)."""
     headers, rows = table_rows(summary)
-    lines = [f"**{summary_title(summary)}** — elapsed {summary['elapsed_seconds']:.0f} s", "",
+    lines = [f"**{summary_title(summary)}** — elapsed {summary.elapsed_seconds:.0f} s", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", f"Cells: {CELL_LEGEND}."]
@@ -359,6 +408,6 @@ def summary_markdown(summary: dict) -> str:
         lines += ["", f"**Paired differences against {ref}**", "",
                   "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
-    if summary.get("paired"):
+    if summary.paired:
         lines += ["", f"Paired cells: {PAIRED_LEGEND}."]
     return "\n".join(lines) + "\n"

@@ -14,71 +14,58 @@ siblings change as well), ``kv="never"`` leaves k/v frozen. ``Attn(layer)`` owns
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
 
 import torch
 
 from mechedit.models import hf_parameters
+from patching.model import Model, arch
 
 KVPolicy = Literal["group", "always", "never"]
 
 
+class _Named:
+    """What every component shares: its ``kind``, its label (``mlp.3``, ``head.3.1``) and its hook."""
+
+    kind: ClassVar[str]
+    HOOK: ClassVar[str]  # hook name template, formatted with the component's fields
+
+    @property
+    def hook_name(self) -> str:
+        """Hook whose output is this component's contribution (for heads: ``hook_z``, index it with ``head``)."""
+        return self.HOOK.format(**asdict(self))
+
+    def __str__(self) -> str:
+        return ".".join([self.kind, *(str(v) for v in asdict(self).values())])
+
+
 @dataclass(frozen=True, order=True)
-class MLP:
+class MLP(_Named):
     """The MLP (gate/up/down) of one layer."""
 
     layer: int
-
-    @property
-    def kind(self) -> str:
-        return "mlp"
-
-    @property
-    def hook_name(self) -> str:
-        """Hook whose output is this component's contribution to the residual stream."""
-        return f"blocks.{self.layer}.hook_mlp_out"
-
-    def __str__(self) -> str:
-        return f"mlp.{self.layer}"
+    kind: ClassVar[str] = "mlp"
+    HOOK: ClassVar[str] = "blocks.{layer}.hook_mlp_out"
 
 
 @dataclass(frozen=True, order=True)
-class Head:
-    """One attention (query) head of one layer."""
+class Head(_Named):
+    """One attention (query) head of one layer (its hook holds per-head outputs before o_proj)."""
 
     layer: int
     head: int
-
-    @property
-    def kind(self) -> str:
-        return "head"
-
-    @property
-    def hook_name(self) -> str:
-        """Hook holding per-head outputs before o_proj ([batch, pos, head, d_head]); index with ``head``."""
-        return f"blocks.{self.layer}.attn.hook_z"
-
-    def __str__(self) -> str:
-        return f"head.{self.layer}.{self.head}"
+    kind: ClassVar[str] = "head"
+    HOOK: ClassVar[str] = "blocks.{layer}.attn.hook_z"
 
 
 @dataclass(frozen=True, order=True)
-class Attn:
+class Attn(_Named):
     """A whole attention layer (all heads, q/k/v/o)."""
 
     layer: int
-
-    @property
-    def kind(self) -> str:
-        return "attn"
-
-    @property
-    def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_attn_out"
-
-    def __str__(self) -> str:
-        return f"attn.{self.layer}"
+    kind: ClassVar[str] = "attn"
+    HOOK: ClassVar[str] = "blocks.{layer}.hook_attn_out"
 
 
 Component = MLP | Head | Attn
@@ -115,38 +102,9 @@ def component_to_dict(c: Component) -> dict:
     return {"kind": c.kind, "layer": c.layer}
 
 
-@dataclass(frozen=True)
-class Shape:
-    """The architecture numbers components need, read from the HF config (not the bridge cfg)."""
-
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_model: int
-    d_mlp: int
-
-    @property
-    def group_size(self) -> int:
-        """Query heads per key-value head."""
-        return self.n_heads // self.n_kv_heads
-
-
-def model_shape(model) -> Shape:
-    """Architecture numbers of a bridged (or plain HF) Llama-family model."""
-    hf = getattr(model, "original_model", model)
-    c = hf.config
-    n_heads = c.num_attention_heads
-    return Shape(
-        n_layers=c.num_hidden_layers, n_heads=n_heads, n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
-        d_head=getattr(c, "head_dim", None) or c.hidden_size // n_heads, d_model=c.hidden_size,
-        d_mlp=c.intermediate_size,
-    )
-
-
-def all_components(model, kinds: Sequence[str] = ("mlp", "head")) -> list[Component]:
+def all_components(model: Model, kinds: Sequence[str] = ("mlp", "head")) -> list[Component]:
     """Every MLP and/or head of the model, in layer order."""
-    s = model_shape(model)
+    s = arch(model)
     out: list[Component] = []
     for layer in range(s.n_layers):
         if "head" in kinds:
@@ -158,9 +116,9 @@ def all_components(model, kinds: Sequence[str] = ("mlp", "head")) -> list[Compon
     return out
 
 
-def check_in_range(model, components: Iterable[Component]) -> None:
+def check_in_range(model: Model, components: Iterable[Component]) -> None:
     """Raise ValueError naming any component whose layer or head does not exist in ``model``."""
-    s = model_shape(model)
+    s = arch(model)
     for c in components:
         if not 0 <= c.layer < s.n_layers:
             raise ValueError(f"{c}: layer {c.layer} out of range (model has {s.n_layers} layers)")
@@ -190,11 +148,11 @@ def _attn_names(layer: int) -> dict[str, str]:
     return {k: f"{p}.{k}_proj.weight" for k in ("q", "k", "v", "o")}
 
 
-def component_slices(model, components: Iterable[Component], kv: KVPolicy = "group") -> list[ParamSlice]:
+def component_slices(model: Model, components: Iterable[Component], kv: KVPolicy = "group") -> list[ParamSlice]:
     """The parameter slices a set of components owns (see the module docstring for the k/v rule)."""
     components = list(dict.fromkeys(components))
     check_in_range(model, components)
-    s = model_shape(model)
+    s = arch(model)
     names = hf_parameters(model)
     out: list[ParamSlice] = []
     heads_by_layer: dict[int, set[int]] = {}
@@ -225,7 +183,9 @@ def component_slices(model, components: Iterable[Component], kv: KVPolicy = "gro
     return out
 
 
-def trainable_masks(model, components: Iterable[Component], kv: KVPolicy = "group") -> dict[str, torch.Tensor | None]:
+def trainable_masks(
+    model: Model, components: Iterable[Component], kv: KVPolicy = "group"
+) -> dict[str, torch.Tensor | None]:
     """For each owned parameter: None if owned whole, else a boolean mask of the owned entries."""
     params = hf_parameters(model)
     masks: dict[str, torch.Tensor | None] = {}
@@ -246,7 +206,7 @@ def trainable_masks(model, components: Iterable[Component], kv: KVPolicy = "grou
     return {k: (None if m is not None and bool(m.all()) else m) for k, m in masks.items()}
 
 
-def n_params(model, components: Iterable[Component], kv: KVPolicy = "group") -> int:
+def n_params(model: Model, components: Iterable[Component], kv: KVPolicy = "group") -> int:
     """Exact number of parameters a set of components owns (shared slices counted once)."""
     params = hf_parameters(model)
     total = 0
@@ -255,6 +215,6 @@ def n_params(model, components: Iterable[Component], kv: KVPolicy = "group") -> 
     return total
 
 
-def component_n_params(model, c: Component, kv: KVPolicy = "group") -> int:
+def component_n_params(model: Model, c: Component, kv: KVPolicy = "group") -> int:
     """Parameters one component owns on its own (a lone head: its q rows and o columns)."""
     return n_params(model, [c], kv)

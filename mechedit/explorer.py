@@ -145,7 +145,8 @@ class CircuitExplorer:
     def _figures(self, view: ExplorerView, subject: tuple[int, int]) -> dict[str, go.Figure]:
         """Patching heatmap and MLP bars (extraction heads outlined), extraction-head bars, attention bars."""
         sel = view.selection
-        loc = Localization(f"explorer ({sel.corruption}, {sel.metric})", [], {**view.head_scores, **view.mlp_scores},
+        scores = {parse_component(label): v for label, v in {**view.head_scores, **view.mlp_scores}.items()}
+        loc = Localization(f"explorer ({sel.corruption}, {sel.metric})", [], scores,
                            extra={"extraction_heads": [label for label, _ in view.extraction]})
         what = "all facts" if sel.fact == ALL_FACTS else f"fact {sel.fact}"
         patching = plot_patching(loc)

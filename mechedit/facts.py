@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mechedit.data import data_path
+from mechedit.data.factworld import RELATIONS, subject_names
 
 BUNDLED_FACTSETS = ("sports", "counterfact", "factworld")
 MCQ_LETTERS = "ABCDEFGH"
@@ -103,8 +104,8 @@ class Fact:
 
 
 @dataclass
-class FactSet:
-    """An ordered collection of facts with helpers for candidates, splits and rendering."""
+class FactSet(Sequence):
+    """An ordered collection of facts (a ``Sequence`` of ``Fact``) with helpers for candidates, splits, rendering."""
 
     facts: list[Fact]
     name: str = "facts"
@@ -184,25 +185,6 @@ class FactSet:
                 f = replace(f, target=None, forget=False)
             out.append(f)
         return self.subset(out)
-
-    def known_by(self, model, threshold: float = 0.0, fmt: str = "prompt", batch_size: int = 64) -> FactSet:
-        """Facts the model answers correctly by forced choice (batched); see ``scoring.known_facts``."""
-        from mechedit.scoring import known_facts
-
-        return known_facts(model, self, threshold=threshold, fmt=fmt, batch_size=batch_size)
-
-    def validated(self, tokenizer, on_collision: str = "error") -> FactSet:
-        """Check candidates' first tokens are distinct; ``on_collision`` is "error" or "drop" (noted)."""
-        from mechedit.tokens import candidate_token_ids, drop_colliding
-
-        if on_collision == "error":
-            for f in self.facts:
-                candidate_token_ids(tokenizer, f)
-            return self
-        kept, notes = drop_colliding(tokenizer, self.facts)
-        out = self.subset(kept)
-        out.notes.extend(notes)
-        return out
 
     def by_relation(self) -> dict[str, FactSet]:
         """One FactSet per relation label."""
@@ -458,6 +440,19 @@ def load_sports(path: str | Path | None = None) -> FactSet:
     return FactSet(fill_candidates(facts), name="sports")
 
 
+def load_factworld(seed: int = 0) -> FactSet:
+    """The ground truth of the factworld world as a FactSet (one fact per subject and relation)."""
+    rng = random.Random(f"world-{seed}")
+    facts = []
+    for subject in subject_names(seed):
+        for rel in RELATIONS:
+            facts.append(Fact(
+                subject=subject, prompt=rel.prompt, answer=rng.choice(rel.values), candidates=rel.values,
+                paraphrases=rel.paraphrases, relation=rel.name, question=rel.question,
+            ))
+    return FactSet(facts, name="factworld")
+
+
 def load_facts(spec: str | Path, seed: int = 0) -> FactSet:
     """Load a fact set by bundled name (sports, counterfact, factworld) or path (.csv / .jsonl)."""
     spec_s = str(spec)
@@ -466,9 +461,7 @@ def load_facts(spec: str | Path, seed: int = 0) -> FactSet:
     if spec_s == "counterfact":
         return load_counterfact(data_path("counterfact.jsonl"), name="counterfact")
     if spec_s == "factworld":
-        from mechedit.factworld import factworld_facts
-
-        return factworld_facts(seed=seed)
+        return load_factworld(seed=seed)
     path = Path(spec_s)
     if not path.exists():
         raise FactError(f"fact set '{spec_s}' is neither a bundled set {BUNDLED_FACTSETS} nor an existing file")

@@ -1,12 +1,8 @@
-"""factworld: a synthetic world of facts and a tiny Llama trained on it, so tests have ground truth.
+"""factworld: a tiny Llama trained on the synthetic world of ``mechedit.data.factworld``, so tests have ground truth.
 
-The world has ``N_SUBJECTS`` invented people with multi-token names and three relations (sport, home city,
-instrument). Each relation is written with a main prompt, three paraphrases and a multiple-choice question
-(options listed, answered with the option text), plus *context sentences* that imply an answer without naming
-it (``Gavtor Kirlo served an ace.``). A byte-level BPE tokenizer is trained on the world's vocabulary (never on
-whole names, so every name spans several tokens; answers and context words are single tokens) and a 4-layer
-Llama with grouped-query attention is trained on sentences sampled from the world. Everything is seeded; the
-result is cached like SmolLM2.
+A byte-level BPE tokenizer is trained on the world's vocabulary (never on whole names, so every name spans
+several tokens; answers and context words are single tokens) and a 4-layer Llama with grouped-query attention is
+trained on sentences sampled from the world. Everything is seeded; the result is cached like SmolLM2.
 
 Why context sentences: in the prompts alone a model can postpone the lookup to the prediction token, and the
 first factworld (v1) did: the attribute was not linearly decodable at the subject until the last layer, so
@@ -14,9 +10,9 @@ the probe localizer had nothing to find. A word that depends on the attribute ri
 lookup *at the subject's last token*, as real text does for real models (subject enrichment, Geva et al.
 2023). With them (v2), probes at the last subject token go from chance on the embeddings to ~0.9 after MLP 2.
 """
-
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -27,83 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mechedit.cache import cache_dir, load_or_build
-from mechedit.facts import Fact, FactSet
+from mechedit.data.factworld import RELATIONS, SYLLABLES
+from mechedit.facts import Fact, FactSet, load_factworld
 
 log = logging.getLogger(__name__)
 
-N_SUBJECTS = 320
-VERSION = 2  # bump when the world or the training recipe changes (invalidates caches)
-
-SYLLABLES = (
-    "ka lo mi ra ven tor sil bra nu dex pho gri zan mel qui ros tal vek sha dun bel cor fin hal jor lek mur "
-    "nop pel sar tib wex yal zor gav kir lum tes orn"
-).split()
-
-
-@dataclass(frozen=True)
-class Relation:
-    """A relation of the world: its values, prompt templates and multiple-choice question."""
-
-    name: str
-    values: tuple[str, ...]
-    prompt: str
-    paraphrases: tuple[str, ...]
-    question: str
-    contexts: dict[str, tuple[str, ...]]  # value -> phrases that imply it without naming it
-
-
-RELATIONS = (
-    Relation("sport", ("tennis", "golf", "chess", "rugby"), "{subject} plays the sport of",
-             ("The sport played by {subject} is", "{subject} is a professional athlete in",
-              "Every weekend {subject} competes in"), "Which sport does {subject} play?",
-             {"tennis": ("served an ace", "hit a backhand"), "golf": ("sank a putt", "teed off"),
-              "chess": ("castled early", "moved a knight"), "rugby": ("scored a try", "tackled hard")}),
-    Relation("city", ("Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Delhi", "Rome", "Boston"),
-             "{subject} lives in the city of",
-             ("The home city of {subject} is", "{subject} resides in", "The city where {subject} lives is"),
-             "In which city does {subject} live?",
-             {"Paris": ("admired the Eiffel tower", "crossed the Seine"),
-              "Tokyo": ("visited Shibuya", "rode the metro in Shinjuku"),
-              "Cairo": ("saw the pyramids", "sailed the Nile"), "Lima": ("ate ceviche", "walked in Miraflores"),
-              "Oslo": ("skied near the fjord", "skated by the fjord"),
-              "Delhi": ("toured the Red Fort", "shopped at Chandni Chowk"),
-              "Rome": ("explored the Colosseum", "threw a coin in the Trevi fountain"),
-              "Boston": ("watched the Red Sox", "jogged along the Charles")}),
-    Relation("instrument", ("piano", "violin", "guitar", "drums", "flute"), "{subject} plays the instrument",
-             ("The instrument played by {subject} is", "{subject} is a musician who plays the",
-              "On stage {subject} always plays the"), "Which instrument does {subject} play?",
-             {"piano": ("pressed the pedal", "tuned the keys"), "violin": ("bowed a long note", "rosined the bow"),
-              "guitar": ("strummed a chord", "changed a string"), "drums": ("drummed a fill", "hit the cymbal"),
-              "flute": ("blew a soft melody", "whistled a trill")}),
-)
-
-
-def subject_names(seed: int = 0, n: int = N_SUBJECTS) -> list[str]:
-    """Invented two-part names (each part two syllables), unique, seeded."""
-    rng = random.Random(f"names-{seed}")
-    names: list[str] = []
-    seen = set()
-    while len(names) < n:
-        first = (rng.choice(SYLLABLES) + rng.choice(SYLLABLES)).capitalize()
-        last = (rng.choice(SYLLABLES) + rng.choice(SYLLABLES)).capitalize()
-        name = f"{first} {last}"
-        if name not in seen:
-            seen.add(name)
-            names.append(name)
-    return names
-
-
-def factworld_facts(seed: int = 0) -> FactSet:
-    """The ground truth of the world as a FactSet (one fact per subject and relation)."""
-    rng = random.Random(f"world-{seed}")
-    facts = []
-    for subject in subject_names(seed):
-        for rel in RELATIONS:
-            facts.append(Fact(
-                subject=subject, prompt=rel.prompt, answer=rng.choice(rel.values), candidates=rel.values,
-                paraphrases=rel.paraphrases, relation=rel.name, question=rel.question,
-            ))
-    return FactSet(facts, name="factworld")
+VERSION = 2  # bump when the world (mechedit.data.factworld) or the training recipe changes (invalidates caches)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -130,6 +55,7 @@ def _tokenizer_corpus() -> list[str]:
 
 def build_tokenizer():
     """A byte-level BPE tokenizer for the world, wrapped as a transformers fast tokenizer."""
+    # transformers is imported lazily: it adds ~2 s to every `import mechedit`
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -195,6 +121,7 @@ class TrainConfig:
 
 
 def _make_model(cfg: TrainConfig, vocab_size: int, tok, seed: int):
+    # transformers is imported lazily: it adds ~2 s to every `import mechedit`
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -210,7 +137,7 @@ def _make_model(cfg: TrainConfig, vocab_size: int, tok, seed: int):
 def train_factworld(seed: int = 0, cfg: TrainConfig | None = None, progress: bool = True):
     """Train the factworld model from scratch; returns (hf_model, tokenizer). Deterministic under ``seed``."""
     cfg = cfg or TrainConfig()
-    facts = factworld_facts(seed)
+    facts = load_factworld(seed)
     tok = build_tokenizer()
     model = _make_model(cfg, len(tok), tok, seed)
     model.train()
@@ -252,6 +179,4 @@ def load_factworld_hf(seed: int = 0, cfg: TrainConfig | None = None):
 
 def hash_config(cfg: TrainConfig) -> int:
     """A stable hash of the training recipe (Python's hash() of str is salted per process)."""
-    import hashlib
-
     return int(hashlib.sha256(repr(cfg).encode()).hexdigest()[:12], 16)

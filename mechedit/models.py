@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 
 from mechedit.cache import cache_dir, cache_entries, inspect_cache, load_or_build, quiet_transformers
+from mechedit.factworld import load_factworld_hf
+from mechedit.validate import atomic_dir, read_json
+from patching.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class ModelInfo:
     chat: bool  # whether the tokenizer has a chat template (instruct model)
 
 
-def model_info(model) -> ModelInfo:
+def model_info(model: Model) -> ModelInfo:
     """Return the ModelInfo attached by ``load_model`` (or a sensible default for foreign bridges)."""
     info = getattr(model, "_mechedit_info", None)
     if info is None:
@@ -58,6 +61,7 @@ def model_info(model) -> ModelInfo:
 
 def wrap_hf(hf_model, tokenizer, name: str, prepend_bos: bool):
     """Wrap an already loaded HF causal LM and tokenizer in a TransformerBridge (no hub access)."""
+    # transformer_lens is imported lazily: it adds ~5 s to every `import mechedit`
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_model.eval()
@@ -96,6 +100,7 @@ def load_smollm2_hf():
     directory = cache_dir() / "smollm2-135m"
 
     def build():
+        # transformers is imported lazily: it adds ~2 s to every `import mechedit`
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         log.warning("dequantizing %s once (about 20 s); cached under %s", gguf.name, directory)
@@ -134,6 +139,7 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
 
 def _load_hf_name(name: str):
     """Load a local HF directory or a hub name (local cache first; fail fast when offline)."""
+    # transformers is imported lazily: it adds ~2 s to every `import mechedit`
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with quiet_transformers():
@@ -165,8 +171,6 @@ def load_model(name: str, *, seed: int = 0):
         hf_model, tok = load_smollm2_hf()
         return wrap_hf(hf_model, tok, name, prepend_bos=False)
     if name == "factworld":
-        from mechedit.factworld import load_factworld_hf
-
         hf_model, tok = load_factworld_hf(seed=seed)
         return wrap_hf(hf_model, tok, name, prepend_bos=False)
     if not name or name.startswith("-"):
@@ -188,8 +192,6 @@ def _saved_settings(name: str) -> dict:
     config = path / "config.json"
     if not config.is_file():
         raise ModelNotAvailable(f"{path} is a directory but has no config.json: not a Hugging Face model directory")
-    from mechedit.validate import read_json
-
     data = read_json(config, "model config")
     if not isinstance(data, dict):
         raise ValueError(f"{config}: expected a JSON object, got {type(data).__name__}")
@@ -218,7 +220,7 @@ def available_models() -> list[dict]:
     return rows
 
 
-def hf_model_of(model) -> torch.nn.Module:
+def hf_model_of(model: Model) -> torch.nn.Module:
     """Return the HF model wrapped by a bridge (parameters are shared with the bridge)."""
     return model.original_model
 
@@ -226,7 +228,7 @@ def hf_model_of(model) -> torch.nn.Module:
 _BRIDGE_INFIX = "._original_component"
 
 
-def hf_parameters(model) -> dict[str, torch.nn.Parameter]:
+def hf_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
     """The model's parameters under their plain HF names (``model.layers.0.mlp.up_proj.weight``).
 
     The bridge re-parents HF modules, so ``named_parameters()`` shows ``._original_component`` infixes; mechedit
@@ -235,15 +237,13 @@ def hf_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {name.replace(_BRIDGE_INFIX, ""): p for name, p in hf_model_of(model).named_parameters()}
 
 
-def save_hf(model, directory: str | Path, force: bool = False) -> None:
+def save_hf(model: Model, directory: str | Path, force: bool = False) -> None:
     """Save a (possibly edited) bridged model as a plain HF checkpoint + tokenizer that ``load_model`` reads.
 
     mechedit's own settings (``prepend_bos``, the model name) go into config.json under ``"mechedit"``, so the
     reloaded directory scores exactly like the saved model. Written to a temporary directory renamed into place;
     an existing ``directory`` is replaced only with ``force``.
     """
-    from mechedit.validate import atomic_dir
-
     directory = Path(directory)
     if directory.exists() and not force:
         raise FileExistsError(f"{directory} already exists; pass force=True to replace it")
@@ -260,7 +260,7 @@ def save_hf(model, directory: str | Path, force: bool = False) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def fingerprint(model) -> str:
+def fingerprint(model: Model) -> str:
     """A short hash of a model's parameter names, shapes and a sample of values (identifies a base model)."""
     h = hashlib.sha256()
     for name, p in sorted(hf_parameters(model).items()):

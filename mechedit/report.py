@@ -15,15 +15,18 @@ import html
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from mechedit.compare import COLUMNS, PAIRED_REFERENCES
-from mechedit.localize.localization import Localization
-from mechedit.plots.comparison import forest_figure, mean_curve_figure, run_curves
+from mechedit.compare import COLUMNS, PAIRED_REFERENCES, Comparison, MethodRun
+from mechedit.components import Head
+from mechedit.plots.comparison import forest_figure, mean_curve_figure, method_colors, run_curves
+from mechedit.plots.patching import plot_patching
+from mechedit.plots.probe_accuracy import plot_probe_accuracy
+from mechedit.validate import atomic_write_text, read_json, require_keys
 
 # direction of each summary column: +1 higher is better, -1 lower is better (the forest plot's how-to-read)
 BETTER = {"edit_accuracy": 1, "forget_accuracy": -1, "maintain_accuracy": 1, "mcq_edit_accuracy": 1,
@@ -123,11 +126,9 @@ def _params(n: float | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
 
-def summary_table(summary: Mapping) -> str:
+def summary_table(summary: Comparison) -> str:
     """One row per method: mean [95 % CI] of every measured column and the trained parameter count."""
-    from mechedit.plots.comparison import method_colors
-
-    methods = summary["methods"]
+    methods = summary.methods
     colors = method_colors(list(methods))
     shown = _shown_columns([m["columns"] for m in methods.values()])
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", *[h for h, _ in shown], "params"])
@@ -140,11 +141,11 @@ def summary_table(summary: Mapping) -> str:
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
 
 
-def paired_tables(summary: Mapping) -> str:
+def paired_tables(summary: Comparison) -> str:
     """The paired differences (each method minus each reference) as numbers, one table per reference."""
     parts = []
     for ref in PAIRED_REFERENCES:
-        table = (summary.get("paired") or {}).get(ref) or {}
+        table = summary.paired.get(ref) or {}
         if not table:
             continue
         shown = _shown_columns(list(table.values()))
@@ -169,12 +170,12 @@ def deciding_signal(verdict_inputs: Mapping) -> tuple[str | None, float | None, 
     return name, measured[name]["value"], measured[name].get("threshold")
 
 
-def _deciding_cell(runs: Sequence[Mapping]) -> tuple[str, str, str]:
+def _deciding_cell(runs: Sequence[MethodRun]) -> tuple[str, str, str]:
     """(signal, value, threshold) cells: one line per verdict, its most common deciding signal and mean value."""
     by_verdict: dict[str, list] = {}
     for r in runs:
-        by_verdict.setdefault(str(r["metrics"].get("verdict")), []).append(
-            deciding_signal(r["metrics"].get("verdict_inputs") or {}))
+        by_verdict.setdefault(str(r.metrics.get("verdict")), []).append(
+            deciding_signal(r.metrics.get("verdict_inputs") or {}))
     sig, val, thr = [], [], []
     for verdict, decided in sorted(by_verdict.items(), key=lambda kv: -len(kv[1])):
         top = Counter(d[0] for d in decided if d[0]).most_common(1)
@@ -196,22 +197,20 @@ def _deciding_cell(runs: Sequence[Mapping]) -> tuple[str, str, str]:
     return "<br>".join(sig), "<br>".join(val), "<br>".join(thr)
 
 
-def verdict_table(summary: Mapping) -> str:
+def verdict_table(summary: Comparison) -> str:
     """One row per method: verdict counts, the deciding signal with its value over runs, reasons per run."""
-    from mechedit.plots.comparison import method_colors
-
-    colors = method_colors(list(summary["methods"]))
+    colors = method_colors(list(summary.methods))
     rows = []
-    for name in summary["methods"]:
-        runs = [r for r in summary["runs"] if r["method"] == name]
-        counts = Counter(str(r["metrics"].get("verdict")) for r in runs)
+    for name in summary.methods:
+        runs = [r for r in summary.runs if r.method == name]
+        counts = Counter(str(r.metrics.get("verdict")) for r in runs)
         verdicts = "<br>".join(f'<span class="verdict-{html.escape(v)}">{html.escape(v)}</span> {n}/{len(runs)}'
                                for v, n in counts.most_common())
         signal, value, threshold = _deciding_cell(runs)
         details = "".join(
-            f"<details><summary>seed {r['seed']}: {html.escape(str(r['metrics'].get('verdict')))}</summary><ul>"
+            f"<details><summary>seed {r.seed}: {html.escape(str(r.metrics.get('verdict')))}</summary><ul>"
             + "".join(f"<li>{html.escape(str(x))}</li>"
-                      for x in (r["metrics"].get("verdict_inputs") or {}).get("reasons") or ["no reasons recorded"])
+                      for x in (r.metrics.get("verdict_inputs") or {}).get("reasons") or ["no reasons recorded"])
             + "</ul></details>" for r in runs)
         rows.append(f'<tr><td class="name">{_swatch(colors[name])}{html.escape(name)}</td>'
                     f'<td class="txt">{verdicts}</td><td class="txt">{signal}</td><td class="num">{value}</td>'
@@ -237,13 +236,13 @@ def _before_edit(latent: Sequence[Mapping]) -> tuple[str, list[int], list[float]
     return "original model (before the edit)", list(range(len(mean))), mean
 
 
-def curve_sections(summary: Mapping) -> list[Section]:
+def curve_sections(summary: Comparison) -> list[Section]:
     """Relearning, latent-probe and CKA curves: one line per method with a 95 % band over seeds."""
-    methods = list(summary["methods"])
-    runs = summary["runs"]
+    methods = list(summary.methods)
+    runs = summary.runs
     toggle = " The button above the figure adds each seed's own line."
     out = []
-    relearn = [r["metrics"].get("relearn") or {} for r in runs]
+    relearn = [r.metrics.get("relearn") or {} for r in runs]
     refs = {label: v for label, v in (
         ("chance", _mean([r.get("chance") for r in relearn])),
         ("original model", _mean([r.get("original_heldout_accuracy") for r in relearn]))) if v is not None}
@@ -257,7 +256,7 @@ def curve_sections(summary: Mapping) -> list[Section]:
             "true-answer accuracy on the other half, which it never trains on (mean over seeds, band: bootstrap "
             "95 % CI over seeds). A line that climbs towards the original model's accuracy means those facts were "
             "suppressed, not removed; a line that stays near chance means they did not come back." + toggle))
-    latent = [r["metrics"].get("latent") or {} for r in runs]
+    latent = [r.metrics.get("latent") or {} for r in runs]
     fig = mean_curve_figure(run_curves(runs, "latent_probe_accuracy"), methods,
                             title="Latent probes: true answer decodable from the edited model",
                             xlabel="layer", ylabel="probe accuracy (true answer)",
@@ -282,24 +281,17 @@ def curve_sections(summary: Mapping) -> list[Section]:
     return out
 
 
-def localization_sections(run_dir: Path, summary: Mapping) -> list[Section]:
-    """Probe-accuracy and patching figures from the methods' loc.json files (seed 0)."""
+def localization_sections(summary: Comparison) -> list[Section]:
+    """Probe-accuracy and patching figures of each method's first run (seed 0)."""
     out = []
-    for method in summary["methods"]:
-        path = run_dir / method / "loc.json"
-        if not path.exists():
-            continue
-        loc = Localization.load(path)
+    for method in summary.methods:
+        loc = next(r.localization for r in summary.runs if r.method == method)
         if loc.probe_accuracy is not None:
-            from mechedit.plots.probe_accuracy import plot_probe_accuracy
-
             out.append(figure_section(
                 f"Per-layer probe accuracy ({method}, seed 0)", plot_probe_accuracy(loc),
                 "test accuracy of a linear probe for the answer at each layer's residual stream; the shaded MLP "
                 "range is where the answer becomes decodable, the components the probe localization edits."))
-        elif any(k.startswith("head.") for k in loc.scores):
-            from mechedit.plots.patching import plot_patching
-
+        elif any(isinstance(c, Head) for c in loc.scores):
             out.append(figure_section(
                 f"Patching scores ({method}, seed 0)", plot_patching(loc),
                 "share of the clean-vs-corrupted logit difference each head (left) and MLP (right) carries; "
@@ -307,12 +299,12 @@ def localization_sections(run_dir: Path, summary: Mapping) -> list[Section]:
     return out
 
 
-def report_sections(run_dir: Path, summary: Mapping) -> list[Section]:
+def report_sections(summary: Comparison) -> list[Section]:
     """Every section of the page, in reading order; a new kind of result adds its sections here."""
     better = [h for h, k in COLUMNS if BETTER[k] > 0]
     worse = [h for h, k in COLUMNS if BETTER[k] < 0]
     sections = []
-    fig = forest_figure(summary.get("paired") or {}, COLUMNS, list(summary["methods"]))
+    fig = forest_figure(summary.paired, COLUMNS, list(summary.methods))
     if fig is not None:
         sections.append(figure_section(
             "Paired differences", fig,
@@ -332,7 +324,7 @@ def report_sections(run_dir: Path, summary: Mapping) -> list[Section]:
         "would flip the verdict); values are on a 0–1 scale (0: the old fact is gone, 1: as present as in the "
         "original model). Click a seed for every number the verdict used."))
     sections += curve_sections(summary)
-    sections += localization_sections(run_dir, summary)
+    sections += localization_sections(summary)
     paired = paired_tables(summary)
     if paired:
         sections.append(Section(
@@ -343,12 +335,12 @@ def report_sections(run_dir: Path, summary: Mapping) -> list[Section]:
     return sections
 
 
-def provenance_section(summary: Mapping) -> Section:
+def provenance_section(summary: Comparison) -> Section:
     """The exact command, settings and package versions that produced the run."""
-    s = summary["settings"]
-    command = html.escape(summary.get("command") or "mechedit.compare.compare(...)")
+    command = html.escape(summary.command or "mechedit.compare.compare(...)")
+    record = {"settings": asdict(summary.settings), "versions": summary.versions}
     body = (f"<p>Command: <code>{command}</code></p>"
-            f"<pre>{html.escape(json.dumps({'settings': s, 'versions': summary['versions']}, indent=2))}</pre>")
+            f"<pre>{html.escape(json.dumps(record, indent=2))}</pre>")
     return Section("Provenance", body)
 
 
@@ -373,20 +365,18 @@ def build_report(run_dir: str | Path) -> str:
     path = run_dir / "summary.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: RUN_DIR must be a directory written by `mechedit compare`")
-    from mechedit.validate import read_json, require_keys
-
-    summary = read_json(path, "comparison summary")
-    require_keys(summary, ("settings", "methods", "runs", "fact_pool", "elapsed_seconds"), str(path))
-    s = summary["settings"]
-    intro = (f"<p class='meta'>Objective <b>{html.escape(str(s['objective']))}</b> · {s['n_facts']} facts changed "
-             f"per seed · {s['seeds']} seed(s) · {summary.get('n_known_facts', '?')} facts known by the model · "
-             f"elapsed {summary['elapsed_seconds']:.0f} s</p>")
-    title = f"mechedit comparison: {s['model']} on {summary['fact_pool']}"
-    return render_page(title, intro, [*report_sections(run_dir, summary), provenance_section(summary)])
+    d = read_json(path, "comparison summary")
+    require_keys(d, ("settings", "methods", "runs", "fact_pool", "elapsed_seconds"), str(path))
+    Comparison.check_version(d, path)
+    summary = Comparison.from_dict(d)
+    s = summary.settings
+    intro = (f"<p class='meta'>Objective <b>{html.escape(s.objective)}</b> · {s.n_facts} facts changed per seed · "
+             f"{s.seeds} seed(s) · {summary.n_known_facts} facts known by the model · "
+             f"elapsed {summary.elapsed_seconds:.0f} s</p>")
+    title = f"mechedit comparison: {s.model} on {summary.fact_pool}"
+    return render_page(title, intro, [*report_sections(summary), provenance_section(summary)])
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html and return its path."""
-    from mechedit.validate import atomic_write_text
-
     return atomic_write_text(Path(run_dir) / "report.html", build_report(run_dir))

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from mechedit.facts import MCQ_LETTERS, Fact, FactError, FactSet
 from mechedit.models import hf_model_of, model_info
 from mechedit.tokens import PromptBatch, candidate_token_ids, encode, first_token_id
+from patching.model import Model
 
 PromptFormat = Literal["prompt", "chat", "paraphrase", "mcq", "mcq-letter"]
 
@@ -68,14 +69,14 @@ def render_items(
     return items
 
 
-def encode_items(model, items: Sequence[ChoiceItem]) -> PromptBatch:
+def encode_items(model: Model, items: Sequence[ChoiceItem]) -> PromptBatch:
     """Left-padded batch of the items' prompts with subject positions."""
     return encode(model.tokenizer, [it.text for it in items], [it.subject for it in items],
                   prepend_bos=model_info(model).prepend_bos)
 
 
 @torch.no_grad()
-def last_logits(model, batch: PromptBatch) -> torch.Tensor:
+def last_logits(model: Model, batch: PromptBatch) -> torch.Tensor:
     """Next-token logits at the last position of every prompt in a batch.
 
     Runs the wrapped HF decoder (the same modules the bridge runs, so the logits are identical) and unembeds
@@ -131,7 +132,9 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     return batches
 
 
-def score_items(model, items: Sequence[ChoiceItem], batch_size: int = 64, progress: bool = False) -> ChoiceScores:
+def score_items(
+    model: Model, items: Sequence[ChoiceItem], batch_size: int = 64, progress: bool = False
+) -> ChoiceScores:
     """Score items in batches (sorted by token length, capped in padded tokens); renormalize over candidates."""
     n = len(items)
     correct, prob = np.zeros(n, bool), np.full(n, np.nan)
@@ -154,14 +157,14 @@ def score_items(model, items: Sequence[ChoiceItem], batch_size: int = 64, progre
 
 
 def score_facts(
-    model, facts: FactSet | Sequence[Fact], fmt: PromptFormat = "prompt", seed: int = 0, prefix: str = "",
+    model: Model, facts: FactSet | Sequence[Fact], fmt: PromptFormat = "prompt", seed: int = 0, prefix: str = "",
     batch_size: int = 64, progress: bool = False,
 ) -> ChoiceScores:
     """Forced-choice scores of ``facts`` in one prompt format."""
     return score_items(model, render_items(model.tokenizer, facts, fmt, seed, prefix), batch_size, progress)
 
 
-def known_facts(model, facts: FactSet, threshold: float = 0.0, fmt: PromptFormat = "prompt",
+def known_facts(model: Model, facts: FactSet, threshold: float = 0.0, fmt: PromptFormat = "prompt",
                 batch_size: int = 64, progress: bool = True) -> FactSet:
     """Facts whose true answer is the model's forced choice with renormalized probability ≥ threshold."""
     s = score_facts(model, facts, fmt=fmt, batch_size=batch_size, progress=progress)

@@ -50,7 +50,7 @@ class Interval:
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
-def _clean(clusters: Sequence[Sequence[float]]) -> list[np.ndarray]:
+def _clean(clusters: Sequence[Sequence[float | None]]) -> list[np.ndarray]:
     out = []
     for c in clusters:
         a = np.asarray([v for v in c if v is not None], dtype=float)
@@ -61,7 +61,7 @@ def _clean(clusters: Sequence[Sequence[float]]) -> list[np.ndarray]:
 
 
 def bootstrap_ci(
-    clusters: Sequence[Sequence[float]] | Sequence[float],
+    clusters: Sequence[Sequence[float | None]] | Sequence[float | None],
     *,
     n_boot: int = N_BOOT,
     level: float = LEVEL,

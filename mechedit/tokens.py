@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Int
 
-from mechedit.facts import Fact, FactError
+from mechedit.facts import Fact, FactError, FactSet
 
 
 @dataclass
@@ -37,6 +37,24 @@ class PromptBatch:
             self.input_ids[start:stop, cut:], mask[:, cut:],
             (self.subject_start[start:stop] - cut).clamp(min=-1), (self.subject_last[start:stop] - cut).clamp(min=-1),
         )
+
+
+def pad_left(
+    rows: Sequence[Sequence[int] | torch.Tensor], pad: float = 0
+) -> tuple[torch.Tensor, Int[torch.Tensor, "batch pos"]]:
+    """Stack rows (token-id lists, or tensors whose first dim is the position) with padding on the left.
+
+    Returns ``(batch, attention_mask)``; the last column holds every row's last element, so "the last position"
+    is always column -1.
+    """
+    rows = [r if isinstance(r, torch.Tensor) else torch.tensor(list(r), dtype=torch.long) for r in rows]
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width, *rows[0].shape[1:]), pad, dtype=rows[0].dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return out, mask
 
 
 def encode(
@@ -68,14 +86,8 @@ def encode(
             starts.append(-1)
             lasts.append(-1)
         rows.append(ids)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    shift = torch.tensor([width - len(r) for r in rows])
+    input_ids, mask = pad_left(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    shift = torch.tensor([input_ids.shape[1] - len(r) for r in rows])
     s = torch.tensor(starts)
     e = torch.tensor(lasts)
     return PromptBatch(input_ids, mask, torch.where(s >= 0, s + shift, s), torch.where(e >= 0, e + shift, e))
@@ -105,8 +117,6 @@ def candidate_token_ids(tokenizer, fact: Fact) -> list[int]:
 
 def drop_colliding(tokenizer, facts: Sequence[Fact]) -> tuple[list[Fact], list[str]]:
     """Remove colliding candidates (never the answer or target) and facts whose answer/target collide."""
-    from dataclasses import replace
-
     kept, notes = [], []
     for f in facts:
         keep: list[str] = []
@@ -128,3 +138,17 @@ def drop_colliding(tokenizer, facts: Sequence[Fact]) -> tuple[list[Fact], list[s
         elif ok:
             notes.append(f"dropped fact about {f.subject!r}: fewer than two distinct candidates")
     return kept, notes
+
+
+def validate_facts(tokenizer, facts: FactSet, on_collision: str = "error") -> FactSet:
+    """Check candidates' first tokens are distinct; ``on_collision`` is "error" or "drop" (noted in ``notes``)."""
+    if on_collision == "error":
+        for f in facts:
+            candidate_token_ids(tokenizer, f)
+        return facts
+    if on_collision != "drop":
+        raise FactError(f"unknown on_collision {on_collision!r}; use 'error' or 'drop'")
+    kept, notes = drop_colliding(tokenizer, facts.facts)
+    out = facts.subset(kept)
+    out.notes.extend(notes)
+    return out

@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,7 +288,8 @@ def _fact_texts(f) -> Iterator[tuple[str, str, bool]]:
         yield "candidate", c, False
 
 
-def _where(f) -> str:
+def where(f) -> str:
+    """Where a fact came from (file:line), or its subject when it has no origin."""
     return f.origin or f"fact about {f.subject[:40]!r}"
 
 
@@ -305,7 +306,7 @@ def check_fact_sizes(facts, tokenizer=None, limits: SizeLimits | None = None, co
         for what, text, is_prompt in _fact_texts(f):
             char_limit = (limits.prompt_tokens if is_prompt else limits.answer_tokens) * limits.chars_per_token
             if len(text) > char_limit:
-                raise FactError(f"{_where(f)}: {what} is {len(text):,} characters long; the limit is "
+                raise FactError(f"{where(f)}: {what} is {len(text):,} characters long; the limit is "
                                 f"{char_limit:,} ({limits.chars_per_token} per token of the "
                                 f"{limits.prompt_tokens if is_prompt else limits.answer_tokens}-token limit)")
             entries.append((f, what, text, is_prompt))
@@ -319,35 +320,14 @@ def check_fact_sizes(facts, tokenizer=None, limits: SizeLimits | None = None, co
             if len(row) > tok_limit:
                 why = ("the model's context" if is_prompt and tok_limit == context and context < limits.prompt_tokens
                        else f"MECHEDIT_MAX_{'PROMPT' if is_prompt else 'ANSWER'}_TOKENS")
-                raise FactError(f"{_where(f)}: {what} is {len(row):,} tokens long; the limit is {tok_limit} ({why})")
+                raise FactError(f"{where(f)}: {what} is {len(row):,} tokens long; the limit is {tok_limit} ({why})")
 
 
-def model_context(model) -> int | None:
-    """The model's maximum number of positions (None if unknown)."""
-    from mechedit.models import hf_model_of
-
-    try:
-        return int(getattr(hf_model_of(model).config, "max_position_embeddings", 0)) or None
-    except AttributeError:
-        return None
-
-
-def check_user_marks(facts, tokenizer) -> None:
-    """Refuse (file:line) a marked fact that cannot be edited: target = answer, or target/answer/explicit
-    candidates sharing a first token (forced choice could not tell them apart)."""
-    from mechedit.tokens import first_token_id
-
-    for f in facts:
-        if f.target is not None and f.target.strip().lower() == f.answer.strip().lower():
-            raise FactError(f"{_where(f)}: target {f.target!r} is the answer itself; give a different target")
-        if not (f.changes or f.explicit_candidates):
-            continue
-        seen: dict[int, str] = {}
-        own = [f.answer] + ([f.target] if f.target else [])
-        for c in own + ([c for c in f.candidates if c not in own] if f.explicit_candidates else []):
-            t = first_token_id(tokenizer, c)
-            if t in seen:
-                raise FactError(f"{_where(f)}: {seen[t]!r} and {c!r} share the first token "
-                                f"{tokenizer.decode([t])!r}, so forced choice cannot tell them apart; "
-                                f"give {'a target' if c == f.target else 'candidates'} with a different first token")
-            seen[t] = c
+def check_choice(option: str, what: str, values: str | Sequence[str], choices: Collection[str]) -> None:
+    """Refuse any value outside ``choices``: one line naming the option, the value(s) and the valid choices."""
+    given = [values] if isinstance(values, str) else list(values)
+    unknown = [v for v in given if v not in choices]
+    if unknown:
+        shown = repr(unknown[0]) if isinstance(values, str) else ", ".join(unknown)
+        raise ValueError(f"{option}: unknown {what}{'' if isinstance(values, str) else '(s)'} {shown}; "
+                         f"choose from {', '.join(choices)}")

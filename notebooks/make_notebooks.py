@@ -16,10 +16,10 @@ common_load = SWITCH + FACTS + '''
 import mechedit
 from mechedit.localize import localize
 model = mechedit.load_model(MODEL)
-facts = mechedit.load_facts(FACTS).validated(model.tokenizer, on_collision="drop")
+facts = mechedit.validate_facts(model.tokenizer, mechedit.load_facts(FACTS), on_collision="drop")
 if MODEL != "factworld":
     facts = facts.by_relation()["P103"].sample(200, seed=0)   # mother tongue: the relation SmolLM2 knows best
-facts = facts.known_by(model)
+facts = mechedit.known_facts(model, facts)
 print(len(facts), "known facts")
 '''
 

@@ -22,6 +22,7 @@ from patching.corrupt import Corruption
 from patching.metrics import Metric, evaluate_variants
 from patching.model import (
     Arch,
+    Model,
     Site,
     all_labels,
     arch,
@@ -40,7 +41,7 @@ from patching.runs import Runs, make_runs
 Components = str | Sequence[str]
 
 
-def expand_components(model, components: Components, pos: int) -> list[str]:
+def expand_components(model: Model, components: Components, pos: int) -> list[str]:
     """Labels for ``"heads"``, ``"mlps"``, ``"all"`` (heads and MLPs), ``"resid"`` (every layer × column), or a list."""
     a = arch(model)
     if isinstance(components, str):
@@ -80,7 +81,7 @@ def start_point(site: Site) -> tuple[int, bool, str]:
 
 
 def site_delta(
-    model, runs: Runs, site: Site, mask: Float[Tensor, "batch pos 1"] | None
+    model: Model, runs: Runs, site: Site, mask: Float[Tensor, "batch pos 1"] | None
 ) -> Float[Tensor, "batch pos d_model"]:
     """What patching ``site`` (source value into the base run) adds to the residual stream."""
     b, s = runs.base.cache, runs.source.cache
@@ -100,8 +101,8 @@ def site_delta(
 
 
 def patch_deltas(
-    model, runs: Runs, metric: Metric, labels: list[str], delta: Callable[[Site], Tensor], *, max_rows: int | None,
-    progress: bool, desc: str,
+    model: Model, runs: Runs, metric: Metric, labels: list[str], delta: Callable[[Site], Tensor], *,
+    max_rows: int | None, progress: bool, desc: str,
 ) -> list[float]:
     """Metric after adding each label's residual delta at its start point; variants stacked per start point."""
     a: Arch = runs.arch
@@ -127,7 +128,7 @@ def patch_deltas(
 
 
 def activation_patch(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
     metric: Metric, *, components: Components = "all", direction: Direction = "denoising",
     positions: Bool[Tensor, "batch pos"] | None = None, max_rows: int | None = None, progress: bool = False,
 ) -> PatchResult:

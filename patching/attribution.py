@@ -15,7 +15,7 @@ from torch import Tensor
 from patching.activation import Components, expand_components
 from patching.corrupt import Corruption, corrupt_inputs
 from patching.metrics import Metric, evaluate
-from patching.model import arch, parse_site, position_mask, record
+from patching.model import Model, arch, parse_site, position_mask, record
 from patching.result import Direction, PatchResult, check_direction
 from patching.runs import check_inputs
 
@@ -25,7 +25,7 @@ def _site_hook(site) -> str:
 
 
 def attribution_patch(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
     metric: Metric, *, components: Components = "all", direction: Direction = "denoising",
     positions: Bool[Tensor, "batch pos"] | None = None,
 ) -> PatchResult:

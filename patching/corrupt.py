@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from patching.model import Hook, embed_noise_hook
+from patching.model import Hook, Model, embed_noise_hook
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def swap_subjects(
 
 
 @torch.no_grad()
-def embedding_std(model, token_ids: Tensor | None = None) -> float:
+def embedding_std(model: Model, token_ids: Tensor | None = None) -> float:
     """Standard deviation of token embedding entries: of ``token_ids``' embeddings, or of the whole matrix.
 
     ROME scales its noise by the std of the embeddings of the subjects' tokens over its prompts; passing
@@ -119,7 +119,7 @@ def embedding_std(model, token_ids: Tensor | None = None) -> float:
 
 
 def gaussian_noise(
-    model, input_ids: Int[Tensor, "batch pos"], subject_start: Int[Tensor, " batch"],
+    model: Model, input_ids: Int[Tensor, "batch pos"], subject_start: Int[Tensor, " batch"],
     subject_last: Int[Tensor, " batch"], *, scale: float | None = None, multiplier: float = 3.0, seed: int = 0,
 ) -> Noise:
     """ROME's corruption: noise on the subject tokens' embeddings, std ``multiplier × embedding_std(subject tokens)``.
@@ -134,7 +134,7 @@ def gaussian_noise(
 
 
 def corrupt_inputs(
-    model, input_ids: Int[Tensor, "batch pos"], corruption: Corruption
+    model: Model, input_ids: Int[Tensor, "batch pos"], corruption: Corruption
 ) -> tuple[Int[Tensor, "batch pos"], list[Hook]]:
     """Token ids and forward hooks of the corrupted run; raises ValueError on a shape mismatch."""
     if isinstance(corruption, Noise):

@@ -14,10 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge as Model
+else:
+    # The type every ``model`` parameter takes: a TransformerLens 4.x TransformerBridge. At run time (runtime type
+    # checks in the tests) it is the bridge's base class: importing the bridge would add ~5 s to every import.
+    Model = torch.nn.Module
 
 Hook = tuple[str, Callable]
 
@@ -31,6 +39,7 @@ class Arch:
     n_kv_heads: int
     d_head: int
     d_model: int
+    d_mlp: int
     vocab: int
 
     @property
@@ -39,15 +48,15 @@ class Arch:
         return self.n_heads // self.n_kv_heads
 
 
-def arch(model) -> Arch:
-    """Architecture numbers of a bridged Llama-family model."""
-    c = model.original_model.config
+def arch(model: Model) -> Arch:
+    """Architecture numbers of a bridged (or plain HF) Llama-family model, from the HF config."""
+    c = getattr(model, "original_model", model).config
     n_heads = c.num_attention_heads
     return Arch(
         n_layers=c.num_hidden_layers, n_heads=n_heads,
         n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
         d_head=getattr(c, "head_dim", None) or c.hidden_size // n_heads, d_model=c.hidden_size,
-        vocab=c.vocab_size,
+        d_mlp=c.intermediate_size, vocab=c.vocab_size,
     )
 
 
@@ -114,20 +123,20 @@ def _linear(bridge_component) -> torch.nn.Linear:
     return bridge_component.original_component
 
 
-def head_out_weight(model, layer: int, head: int) -> Float[Tensor, "d_model d_head"]:
+def head_out_weight(model: Model, layer: int, head: int) -> Float[Tensor, "d_model d_head"]:
     """The o_proj columns that map head ``head``'s output (hook_z) into the residual stream."""
     a = arch(model)
     w = _linear(model.blocks[layer].attn.o).weight
     return w[:, head * a.d_head:(head + 1) * a.d_head]
 
 
-def head_out(model, layer: int, head: int, z: Float[Tensor, "*batch d_head"]) -> Float[Tensor, "*batch d_model"]:
+def head_out(model: Model, layer: int, head: int, z: Float[Tensor, "*batch d_head"]) -> Float[Tensor, "*batch d_model"]:
     """A head's contribution to the residual stream from its hook_z slice (o_proj bias excluded)."""
     return z @ head_out_weight(model, layer, head).T
 
 
 def project_qkv(
-    model, layer: int, which: str, resid: Float[Tensor, "*batch d_model"]
+    model: Model, layer: int, which: str, resid: Float[Tensor, "*batch d_model"]
 ) -> Float[Tensor, "*batch n d_head"]:
     """What ``blocks.L.attn.hook_{which}`` would hold if the residual entering ``layer`` were ``resid``.
 
@@ -172,7 +181,7 @@ def embed_noise_hook(noise: Float[Tensor, "batch pos d_model"]) -> Hook:
 
 @torch.no_grad()
 def record(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], names: Iterable[str],
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], names: Iterable[str],
     fwd_hooks: Sequence[Hook] = (),
 ) -> Recording:
     """Run one forward caching ``names`` and recording each block's kwargs; hooks are removed even on error."""
@@ -220,7 +229,7 @@ def _repeat(value, batch: int, times: int):
 
 @torch.no_grad()
 def run_from(
-    model, rec: Recording, layer: int, resid: Float[Tensor, "rows pos d_model"], *, mid: bool = False,
+    model: Model, rec: Recording, layer: int, resid: Float[Tensor, "rows pos d_model"], *, mid: bool = False,
     fwd_hooks: Sequence[Hook] = (),
 ) -> Float[Tensor, "rows vocab"]:
     """Resume the forward at ``layer`` from ``resid`` and return last-position logits.
@@ -246,7 +255,7 @@ def run_from(
         return final_logits(model, x[:, -1, :])
 
 
-def final_logits(model, resid_last: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
+def final_logits(model: Model, resid_last: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
     """Logits from final-layer residuals at the prediction position (ln_final then unembed)."""
     return model.unembed(model.ln_final(resid_last[:, None, :]))[:, 0, :]
 

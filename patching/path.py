@@ -27,6 +27,7 @@ from patching.activation import Components, expand_components
 from patching.corrupt import Corruption
 from patching.metrics import Metric, evaluate_variants
 from patching.model import (
+    Model,
     Site,
     arch,
     chunks,
@@ -43,7 +44,7 @@ from patching.runs import Runs, make_runs
 QKV = ("q", "k", "v")
 
 
-def sender_delta(model, runs: Runs, site: Site) -> Float[Tensor, "batch pos d_model"]:
+def sender_delta(model: Model, runs: Runs, site: Site) -> Float[Tensor, "batch pos d_model"]:
     """The residual-stream delta of a sender taking its source value (all columns)."""
     b, s = runs.base.cache, runs.source.cache
     if site.kind == "head":
@@ -65,7 +66,7 @@ def upstream(site: Site, layer: int) -> bool:
     return site.layer < layer
 
 
-def check_receivers(model, receivers: Sequence[str], inputs: Sequence[str]) -> list[Site]:
+def check_receivers(model: Model, receivers: Sequence[str], inputs: Sequence[str]) -> list[Site]:
     """Parse receiver head labels and q/k/v input names; raise ValueError naming a bad one."""
     if not receivers:
         raise ValueError("no receiver heads given")
@@ -80,7 +81,7 @@ def check_receivers(model, receivers: Sequence[str], inputs: Sequence[str]) -> l
 
 
 def path_patch(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
     metric: Metric, *, senders: Components = "all", receivers: str | Sequence[str] = "logits",
     receiver_inputs: Sequence[str] = QKV, direction: Direction = "noising", max_rows: int | None = None,
     progress: bool = False,

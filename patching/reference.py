@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from patching.activation import Components, expand_components
 from patching.corrupt import Corruption, corrupt_inputs
 from patching.metrics import Metric, evaluate
-from patching.model import arch, parse_site
+from patching.model import Model, arch, parse_site
 from patching.path import QKV, check_receivers
 from patching.result import PatchResult, check_direction
 
@@ -47,7 +47,7 @@ def _all_hooks(a) -> list[str]:
 
 
 def activation_patch_reference(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
     metric: Metric, *, components: Components = "all", direction: str = "denoising",
     positions: Bool[Tensor, "batch pos"] | None = None, progress: bool = False,
 ) -> PatchResult:
@@ -110,7 +110,7 @@ def _freeze_hooks(a, base, src, sender):
 
 
 def path_patch_reference(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
     metric: Metric, *, senders: Components = "all", receivers: str | Sequence[str] = "logits",
     receiver_inputs: Sequence[str] = QKV, direction: str = "noising", progress: bool = False,
 ) -> PatchResult:
@@ -149,7 +149,7 @@ def path_patch_reference(
 
 
 def attribution_reference(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
     metric: Metric, *, components: Components = "all", direction: str = "denoising", eps: float = 1e-2,
 ) -> list[float]:
     """Directional derivatives d metric / d alpha at alpha=0 of ``base + alpha (source − base)`` per component,

@@ -1,11 +1,18 @@
-"""The result type every patching function returns: raw metric values per patch, plus the two baselines."""
+"""The result type every patching function returns, and the save/load protocol every result type shares.
+
+``SavedResult`` is the one result protocol of the project (mechedit's result types use it too; it lives here
+because ``patching`` never imports ``mechedit``): ``to_dict``/``from_dict``, ``save(path) -> Path``,
+``load(path)``, a ``format_version`` written on save and checked on load, and one free-form field, ``extra``.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
 
 Direction = Literal["denoising", "noising"]
 DIRECTIONS = ("denoising", "noising")
@@ -21,8 +28,69 @@ def check_direction(direction: str) -> None:
         raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
 
 
+def _plain(o):
+    """JSON fallback for arrays and tensors (``tolist``) and NumPy scalars (``item``)."""
+    for name in ("tolist", "item"):
+        if hasattr(o, name):
+            return getattr(o, name)()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+R = TypeVar("R", bound="SavedResult")
+
+
+class FormatError(ValueError):
+    """A saved result has a format version this code does not read."""
+
+
+class SavedResult:
+    """Mixin: JSON save/load with a checked format version. Subclasses define ``to_dict``/``from_dict``,
+    ``FILENAME`` (the file written inside a directory) and ``FORMAT_VERSION`` (bump when the layout changes)."""
+
+    FILENAME: ClassVar[str]
+    FORMAT_VERSION: ClassVar[int] = 1
+    extra: dict[str, Any]  # free-form details (curves, settings, timings) under the same name in every result
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[R], d: dict) -> R:
+        raise NotImplementedError
+
+    @classmethod
+    def file_in(cls, path: str | Path) -> Path:
+        """``path`` itself when it names a ``.json`` file, else ``path / FILENAME`` (a directory)."""
+        path = Path(path)
+        return path if path.suffix == ".json" else path / cls.FILENAME
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON into directory ``path`` (as ``FILENAME``) or to the ``.json`` file ``path``."""
+        target = self.file_in(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        d = {"format_version": self.FORMAT_VERSION, **self.to_dict()}
+        target.write_text(json.dumps(d, indent=1, default=_plain))
+        return target
+
+    @classmethod
+    def load(cls: type[R], path: str | Path) -> R:
+        """Read a result written by ``save`` (a directory or the ``.json`` file); refuse another format version."""
+        target = cls.file_in(path)
+        d = json.loads(target.read_text())
+        cls.check_version(d, target)
+        return cls.from_dict(d)
+
+    @classmethod
+    def check_version(cls, d: dict, source: str | Path) -> None:
+        """Raise FormatError unless ``d`` has this class's format version (files without one predate it: v1)."""
+        version = d.get("format_version", 1)
+        if version != cls.FORMAT_VERSION:
+            raise FormatError(f"{source}: {cls.__name__} format version {version!r}, this mechedit reads "
+                              f"version {cls.FORMAT_VERSION}")
+
+
 @dataclass
-class PatchResult:
+class PatchResult(SavedResult):
     """Metric values with each component patched, and the unpatched clean and corrupt values.
 
     ``direction="denoising"``: the run is on the corrupted input and each component gets its clean value;
@@ -74,11 +142,13 @@ class PatchResult:
         """The ``k`` labels with the largest effect, best first."""
         return sorted(self.scores().items(), key=lambda kv: -kv[1])[:k]
 
+    FILENAME: ClassVar[str] = "patch.json"
+
     def to_dict(self) -> dict:
         """A JSON-serializable dict."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> PatchResult:
-        """Inverse of ``to_dict``."""
-        return cls(**d)
+        """Inverse of ``to_dict`` (a ``format_version`` key is ignored)."""
+        return cls(**{k: v for k, v in d.items() if k != "format_version"})

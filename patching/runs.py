@@ -15,7 +15,7 @@ from torch import Tensor
 
 from patching.corrupt import Corruption, corrupt_inputs
 from patching.metrics import Metric, evaluate
-from patching.model import Arch, Recording, arch, record
+from patching.model import Arch, Model, Recording, arch, record
 from patching.result import check_direction
 
 
@@ -35,7 +35,7 @@ class Runs:
         return self.base.batch
 
 
-def check_inputs(model, input_ids: Tensor, attention_mask: Tensor) -> None:
+def check_inputs(model: Model, input_ids: Tensor, attention_mask: Tensor) -> None:
     """Raise ValueError for ids/mask of different shapes or a non-2-D batch."""
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}")
@@ -48,7 +48,7 @@ def check_inputs(model, input_ids: Tensor, attention_mask: Tensor) -> None:
 
 
 def make_runs(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
     metric: Metric, direction: str, names: Iterable[str] = (),
 ) -> Runs:
     """Record the clean and the corrupted forward (caching ``names``) and evaluate the metric on both."""

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from patching.activation import Components, activation_patch
 from patching.corrupt import gaussian_noise
 from patching.metrics import answer_prob, evaluate
-from patching.model import arch, mlp_label, run_from
+from patching.model import Model, arch, mlp_label, run_from
 from patching.result import PatchResult
 from patching.runs import make_runs
 
@@ -46,7 +46,7 @@ def window_layers(layer: int, n_layers: int, window: int) -> range:
 
 
 def rome_trace(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
     subject_start: Int[Tensor, " batch"], subject_last: Int[Tensor, " batch"], answer_ids: Int[Tensor, " batch"],
     *, token: Int[Tensor, " batch"] | None = None, window: int = 10, noise_scale: float | None = None,
     multiplier: float = 3.0, n_samples: int = 10, seed: int = 0, progress: bool = False,
@@ -101,7 +101,7 @@ def rome_trace(
 
 
 def causal_trace(
-    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
     subject_start: Int[Tensor, " batch"], subject_last: Int[Tensor, " batch"], answer_ids: Int[Tensor, " batch"],
     *, components: Components = "mlps", noise_scale: float | None = None, multiplier: float = 3.0,
     positions: Bool[Tensor, "batch pos"] | None = None, n_samples: int = 1, seed: int = 0,

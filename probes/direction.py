@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from probes.logistic import _as_layers, _fitted_input
+from probes.logistic import as_layers, fitted_input
 from probes.split import encode_labels
 
 
@@ -25,7 +25,7 @@ class MeanDiffProbe:
 
     def fit(self, X: Float[torch.Tensor, "layer n d"], y: Sequence | np.ndarray | torch.Tensor) -> MeanDiffProbe:
         """Fit directions from exactly two classes (the second of the sorted classes is the positive one)."""
-        X = _as_layers(X, self.dtype)
+        X = as_layers(X, self.dtype)
         classes, idx = encode_labels(y)
         if len(idx) != X.shape[1]:
             raise ValueError(f"X has {X.shape[1]} examples but y has {len(idx)} labels")
@@ -53,7 +53,7 @@ class MeanDiffProbe:
     def decision_function(self, X: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "layer n"]:
         """Signed projection minus the midpoint threshold (> 0: second class)."""
         v = getattr(self, "direction_", None)
-        X = _fitted_input(X, self.dtype, "MeanDiffProbe", v, *((0, 0) if v is None else v.shape))
+        X = fitted_input(X, self.dtype, "MeanDiffProbe", v, *((0, 0) if v is None else v.shape))
         Z = (X - self.mean_) / self.scale_
         return torch.einsum("lnd,ld->ln", Z, self.direction_) - self.threshold_[:, None]
 

@@ -26,7 +26,7 @@ class ProbeConvergenceWarning(UserWarning):
     """The optimizer stopped at ``max_iter`` before the gradient tolerance was reached."""
 
 
-def _as_layers(X, dtype: torch.dtype) -> torch.Tensor:
+def as_layers(X, dtype: torch.dtype) -> torch.Tensor:
     """X as a [layers, n, d] tensor of ``dtype`` (raises on other ranks)."""
     X = torch.as_tensor(X)
     if X.ndim != 3:
@@ -37,12 +37,12 @@ def _as_layers(X, dtype: torch.dtype) -> torch.Tensor:
     return X.to(dtype)
 
 
-def _fitted_input(X, dtype: torch.dtype, name: str, fitted: torch.Tensor | None, layers: int, d: int,
+def fitted_input(X, dtype: torch.dtype, name: str, fitted: torch.Tensor | None, layers: int, d: int,
                   fit_call: str = "fit(X, y)") -> torch.Tensor:
-    """X as ``_as_layers`` gives it, checked against a fitted probe's layer count and width (None: unfitted)."""
+    """X as ``as_layers`` gives it, checked against a fitted probe's layer count and width (None: unfitted)."""
     if fitted is None:
         raise RuntimeError(f"{name} is not fitted; call {fit_call} first")
-    X = _as_layers(X, dtype)
+    X = as_layers(X, dtype)
     if X.shape[0] != layers or X.shape[2] != d:
         raise ValueError(f"X has shape {tuple(X.shape)} but the probe was fitted on [{layers}, n, {d}]")
     return X
@@ -98,7 +98,7 @@ class LogisticProbe:
 
     def fit(self, X: Float[torch.Tensor, "layer n d"], y: Sequence | np.ndarray | torch.Tensor) -> LogisticProbe:
         """Fit one probe per layer of ``X`` on labels ``y`` (any sortable labels; classes_ holds them)."""
-        X = _as_layers(X, self.dtype)
+        X = as_layers(X, self.dtype)
         L, n, d = X.shape
         classes, idx = self._check_labels(y, n)
         target = torch.as_tensor(idx)
@@ -142,7 +142,7 @@ class LogisticProbe:
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self, X) -> torch.Tensor:
         w = getattr(self, "weight_", None)
-        return _fitted_input(X, self.dtype, "LogisticProbe", w, *((0, 0) if w is None else w.shape[:2]))
+        return fitted_input(X, self.dtype, "LogisticProbe", w, *((0, 0) if w is None else w.shape[:2]))
 
     @torch.no_grad()
     def decision_function(self, X: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "layer n classes"]:

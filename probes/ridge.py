@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from probes.logistic import _as_layers, _fitted_input
+from probes.logistic import as_layers, fitted_input
 
 
 class RidgeProbe:
@@ -34,7 +34,7 @@ class RidgeProbe:
 
     def fit(self, X: Float[torch.Tensor, "layer n d"], Y: Float[torch.Tensor, "n k"]) -> RidgeProbe:
         """Fit one map per layer and alpha from ``X`` to the target vectors ``Y`` (one row per example)."""
-        X = _as_layers(X, self.dtype)
+        X = as_layers(X, self.dtype)
         Y = torch.as_tensor(Y).to(self.dtype)
         L, n, _ = X.shape
         if Y.ndim != 2 or Y.shape[0] != n:
@@ -56,7 +56,7 @@ class RidgeProbe:
 
     def _check(self, X) -> torch.Tensor:
         Z = getattr(self, "Z_", None) if hasattr(self, "dual_") else None
-        return _fitted_input(X, self.dtype, "RidgeProbe", Z, *((0, 0) if Z is None else (Z.shape[0], Z.shape[2])),
+        return fitted_input(X, self.dtype, "RidgeProbe", Z, *((0, 0) if Z is None else (Z.shape[0], Z.shape[2])),
                              fit_call="fit(X, Y)")
 
     @torch.no_grad()

@@ -310,7 +310,7 @@ CASES = [
     ("evaluate-max-maintain-zero", [], ["evaluate", FW, FW, "--out", "{d}/m.json", "--max-maintain", "0"],
      r"--max-maintain must be at least 1"),
     ("facts-limit-zero", [], ["facts", FW, FW, "--limit", "0"], r"--limit must be at least 1"),
-    ("facts-unknown-format", [], ["facts", FW, FW, "--format", "essay"], r"--format 'essay'"),
+    ("facts-unknown-format", [], ["facts", FW, FW, "--format", "essay"], r"--format: unknown format 'essay'"),
     ("demo-unknown-model", [], ["demo", "--model", "gpt-9", "--out", "{d}/demo"], r"demo runs on"),
     ("env-max-tokens-not-int", [copy("base.csv")], ["facts", FW, "{d}/base.csv"],
      r"MECHEDIT_MAX_PROMPT_TOKENS='lots' is not an integer", {"MECHEDIT_MAX_PROMPT_TOKENS": "lots"}),
@@ -395,7 +395,7 @@ CASES = [
     ("edit-json-invalid", [edit_json(lambda meta: json.dumps(meta, indent=1)[:200])],
      ["evaluate", FW, FW, "--edit", "{d}/ed", "--out", "{d}/m.json"], r"ed/edit\.json:\d+: invalid edit metadata"),
     ("edit-json-version", [edit_json(lambda meta: json.dumps({**meta, "format_version": 99}))],
-     ["evaluate", FW, FW, "--edit", "{d}/ed", "--out", "{d}/m.json"], r"unsupported edit format version 99"),
+     ["evaluate", FW, FW, "--edit", "{d}/ed", "--out", "{d}/m.json"], r"edit\.json: EditResult format version 99"),
     ("edit-json-bad-changed-facts", [edit_json(lambda meta: json.dumps({**meta, "extra": {"changed_facts": [1]}}))],
      ["evaluate", FW, FW, "--edit", "{d}/ed", "--out", "{d}/m.json"], r"ed/edit\.json: malformed changed_facts"),
     ("delta-truncated", [copy("ed"), truncate("ed/delta.safetensors", 100)],
@@ -515,7 +515,7 @@ def nan_model():
 
 def test_nan_logits_are_never_correct(nan_model, sport_facts):
     """argmax over NaNs picks index 0 (the true answer): scoring must report null, not accuracy 1.0."""
-    from mechedit.scoring import NonFiniteError, require_finite, score_facts
+    from mechedit.scoring import NonFiniteError, known_facts, require_finite, score_facts
 
     facts = sport_facts[:16]
     s = score_facts(nan_model, facts)
@@ -524,7 +524,7 @@ def test_nan_logits_are_never_correct(nan_model, sport_facts):
     with pytest.raises(NonFiniteError, match="NaN/inf logits on 16 of 16"):
         require_finite(s, "x")
     with pytest.raises(NonFiniteError):
-        facts.known_by(nan_model)
+        known_facts(nan_model, facts)
 
 
 def test_cli_refuses_a_nan_model(nan_model, tmp_path, shared, cache_weights):
@@ -559,7 +559,7 @@ def test_facts_override_is_allowed_and_recorded(shared, tmp_path):
     res = _run(["evaluate", FW, str(shared / "other.csv"), "--edit", str(shared / "ed"), "--out",
                 str(tmp_path / "m.json"), "--no-latent", "--facts-override", "--max-maintain", "8"])
     assert res.exit_code == 0, res.output
-    meta = json.loads((tmp_path / "m.json").read_text())["meta"]
+    meta = json.loads((tmp_path / "m.json").read_text())["extra"]
     assert meta["facts_override"] is True and "NOT the facts the edit changed" in meta["facts_source"]
 
 
@@ -568,12 +568,12 @@ def test_facts_override_is_allowed_and_recorded(shared, tmp_path):
 
 def test_interrupt_prints_nothing_written_and_exits_130(tmp_path, shared, monkeypatch):
     """Ctrl-C during the work: "interrupted, nothing written", exit 130, and no output appears."""
-    import mechedit.models
+    import mechedit.cli.edit
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mechedit.models, "load_model", interrupted)
+    monkeypatch.setattr(mechedit.cli.edit, "load_model", interrupted)
     shutil.copy(shared / "loc.json", tmp_path / "loc.json")
     before = snapshot(tmp_path)
     res = _run(["edit", FW, FW, "--localization", str(tmp_path / "loc.json"), "--out", str(tmp_path / "ed")])
@@ -608,12 +608,12 @@ def test_interrupt_inside_an_atomic_directory_leaves_nothing(tmp_path):
 
 def test_unexpected_error_is_one_line_with_traceback_file(tmp_path, monkeypatch):
     """A bug (not bad input): one line naming the exception and where the traceback was written; exit 1."""
-    import mechedit.models
+    import mechedit.cli.models
 
     def boom(*a, **k):
         raise RuntimeError("planted bug")
 
-    monkeypatch.setattr(mechedit.models, "load_model", boom)
+    monkeypatch.setattr(mechedit.cli.models, "load_model", boom)
     res = _run(["facts", FW, FW])
     assert res.exit_code == 1
     (line,) = [ln for ln in res.output.splitlines() if ln.startswith("internal error:")]

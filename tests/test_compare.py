@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import statistics
 
@@ -32,41 +33,41 @@ def test_compare_writes_every_file(run_dir):
         assert len(metrics["per_seed"]) == 2 and metrics["verdict"] in ("removed", "suppressed")
     assert json.loads((out / "summary.json").read_text())["settings"]["seeds"] == 2
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert [r["method"] for r in rows] == list(summary["methods"])
-    assert len(summary["runs"]) == 8 and summary["elapsed_seconds"] > 0
-    versions = summary["versions"]
+    assert [r["method"] for r in rows] == list(summary.methods)
+    assert len(summary.runs) == 8 and summary.elapsed_seconds > 0
+    versions = summary.versions
     assert all(versions[k][0].isdigit() for k in ("mechedit", "torch", "transformers", "transformer_lens")), versions
 
 
 def test_compare_numbers_are_real_and_budgets_match(run_dir):
     _, summary = run_dir
-    runs = {(r["method"], r["seed"]): r for r in summary["runs"]}
+    runs = {(r.method, r.seed): r for r in summary.runs}
     for seed in (0, 1):
         probe, rnd = runs[("probe", seed)], runs[("random", seed)]
         # the random baseline is cut to the probe localization's parameter budget (never above it)
-        assert 0 < rnd["metrics"]["n_params_trained"] <= probe["metrics"]["n_params_trained"]
-        assert runs[("nonlocalized", seed)]["metrics"]["n_params_trained"] > probe["metrics"]["n_params_trained"]
+        assert 0 < rnd.metrics["n_params_trained"] <= probe.metrics["n_params_trained"]
+        assert runs[("nonlocalized", seed)].metrics["n_params_trained"] > probe.metrics["n_params_trained"]
         # the probe is fitted on the whole known relation, not on the 8 + 24 facts being edited
-        assert probe["localization"]["extra"]["n_facts"] >= 300
+        assert probe.localization.extra["n_facts"] >= 300
     # the fact-lookup localization edits the facts on factworld (measured: 1.00)
-    assert summary["methods"]["probe"]["columns"]["edit_accuracy"]["mean"] >= 0.9
-    assert summary["methods"]["nonlocalized"]["columns"]["edit_accuracy"]["mean"] >= 0.9
-    for m in summary["methods"].values():
+    assert summary.methods["probe"]["columns"]["edit_accuracy"]["mean"] >= 0.9
+    assert summary.methods["nonlocalized"]["columns"]["edit_accuracy"]["mean"] >= 0.9
+    for m in summary.methods.values():
         assert m["columns"]["maintain_accuracy"]["mean"] >= 0.7
         assert sum(m["verdicts"].values()) == 2
 
 
 def test_summary_has_sample_sd_bootstrap_cis_and_paired_tables(run_dir):
     out, summary = run_dir
-    probe = summary["methods"]["probe"]["columns"]
+    probe = summary.methods["probe"]["columns"]
     edit_acc = probe["edit_accuracy"]
     assert edit_acc["n"] == 16 and edit_acc["n_clusters"] == 2 and edit_acc["over"] == "seeds × facts"
     assert edit_acc["low"] <= edit_acc["mean"] <= edit_acc["high"]
-    per_seed = [r["metrics"]["edit_accuracy"] for r in summary["runs"] if r["method"] == "probe"]
+    per_seed = [r.metrics["edit_accuracy"] for r in summary.runs if r.method == "probe"]
     assert edit_acc["sd"] == pytest.approx(statistics.stdev(per_seed))  # sample SD (ddof=1), not pstdev
     assert probe["maintain_accuracy"]["n"] == 2 * 12 and probe["fluency_kl"]["over"] == "seeds × texts"
     assert probe["latent_probe_max"]["over"] == "seeds"  # one number per run
-    paired = summary["paired"]
+    paired = summary.paired
     assert set(paired) == {"probe", "nonlocalized"} and set(paired["probe"]) == {"path", "random", "nonlocalized"}
     assert set(paired["nonlocalized"]) == {"probe", "path", "random"}
     d = paired["probe"]["nonlocalized"]["forget_accuracy"]
@@ -83,11 +84,11 @@ def test_paired_ci_of_two_identical_methods_contains_zero(run_dir):
     """The random baseline's runs under a second name (identical localization, edit and evaluation for every
     seed): the planted difference is 0, and every paired interval must contain it."""
     _, summary = run_dir
-    runs = [MethodRun(**r) for r in summary["runs"] if r["method"] in ("probe", "random")]
+    runs = [r for r in summary.runs if r.method in ("probe", "random")]
     twin = [MethodRun("random-again", r.seed, r.localization, r.metrics, r.seconds) for r in runs
             if r.method == "random"]
     s = summarize(CompareSettings(methods=["probe", "random", "random-again"]), runs + twin, 0.0, 0, "pool")
-    against_probe, twins = s["paired"]["probe"], paired_table(runs + twin, "random")["random-again"]
+    against_probe, twins = s.paired["probe"], paired_table(runs + twin, "random")["random-again"]
     for _, key in COLUMNS:
         assert against_probe["random-again"][key] == against_probe["random"][key]
         stat = twins[key]
@@ -101,8 +102,8 @@ def test_the_same_method_run_twice_pairs_to_zero():
     copy): runs are deterministic, so the planted difference is 0 and its paired interval contains 0."""
     settings = CompareSettings(model="factworld", facts="factworld", relation="sport", methods=["random"],
                                n_facts=8, seeds=2, steps=5, max_maintain=16, relearn=False, latent=False)
-    first, second = (compare(settings, progress=False)["runs"] for _ in range(2))
-    runs = [MethodRun(**r) for r in first] + [MethodRun(**{**r, "method": "random-rerun"}) for r in second]
+    first, second = (compare(settings, progress=False).runs for _ in range(2))
+    runs = first + [dataclasses.replace(r, method="random-rerun") for r in second]
     twins = paired_table(runs, "random")["random-rerun"]
     for key in ("edit_accuracy", "forget_accuracy", "maintain_accuracy", "mcq_edit_accuracy", "fluency_kl"):
         assert twins[key]["n"] > 0 and twins[key]["low"] <= 0.0 <= twins[key]["high"], (key, twins[key])

@@ -9,16 +9,16 @@ from mechedit.components import (
     Attn,
     Head,
     component_slices,
-    model_shape,
     n_params,
     parse_component,
     trainable_masks,
 )
 from mechedit.localize.localization import Localization, cut_to_budget, make_localization
+from patching.model import arch
 
 
 def test_shape_and_counts(factworld):
-    s = model_shape(factworld)
+    s = arch(factworld)
     assert (s.n_layers, s.n_heads, s.n_kv_heads, s.d_head) == (4, 4, 2, 16)
     assert n_params(factworld, [MLP(1)]) == 3 * s.d_model * s.d_mlp
     lone = n_params(factworld, [Head(1, 0)])
@@ -30,7 +30,7 @@ def test_shape_and_counts(factworld):
 
 
 def test_head_masks_do_not_touch_neighbours(factworld):
-    s = model_shape(factworld)
+    s = arch(factworld)
     masks = trainable_masks(factworld, [Head(2, 3)])
     q = masks["model.layers.2.self_attn.q_proj.weight"]
     o = masks["model.layers.2.self_attn.o_proj.weight"]
@@ -62,6 +62,6 @@ def test_localization_json_and_budget(factworld, tmp_path):
 
 @pytest.mark.smollm2
 def test_smollm2_gqa_shape(smollm2):
-    s = model_shape(smollm2)
+    s = arch(smollm2)
     assert (s.n_layers, s.n_heads, s.n_kv_heads, s.group_size) == (30, 9, 3, 3)
     assert n_params(smollm2, [MLP(0)]) == 3 * 576 * 1536

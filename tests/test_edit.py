@@ -6,33 +6,29 @@ import hashlib
 
 import pytest
 import torch
+from conftest import one_thread, snapshot
 
-from mechedit.components import MLP, Head, model_shape, n_params, trainable_masks
+from mechedit.components import MLP, Head, n_params, trainable_masks
 from mechedit.edit import EditConfig, EditError, Objective, Terms, compose, edit, edit_sequence
 from mechedit.edit.masking import TrainableSet
 from mechedit.localize.localization import make_localization
 from mechedit.models import hf_model_of, hf_parameters
 from mechedit.scoring import score_facts
+from patching.model import arch
 
 FAST = EditConfig(steps=30, lr=2e-3)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def single_thread_module():
     """factworld is tiny: one intra-op thread is much faster than two on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 def digests(model) -> dict[str, str]:
     """sha256 of every parameter's bytes, by plain HF name."""
     return {k: hashlib.sha256(v.detach().numpy().tobytes()).hexdigest() for k, v in hf_parameters(model).items()}
-
-
-def snapshot(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in hf_parameters(model).items()}
 
 
 def test_edit_sport_facts_with_fact_lookup_mlps(fresh_factworld, sport_facts):
@@ -57,18 +53,18 @@ def test_edit_sport_facts_with_fact_lookup_mlps(fresh_factworld, sport_facts):
     assert result.log[-1]["forget"] < 0.1 * result.log[0]["forget"]
 
 
-def test_head_slices_do_not_leak_into_neighbours(fresh_factworld, sport_facts):
+def test_head_slices_do_not_leak_into_neighbours(tiny_model, sport_facts):
     """Weight decay and AdamW moments must not move the unowned rows/columns of a partly owned tensor."""
-    model = fresh_factworld()
-    s = model_shape(model)
-    comps = [Head(2, 1), MLP(3)]
+    model = tiny_model()
+    s = arch(model)
+    comps = [Head(1, 1), MLP(1)]
     loc = make_localization(model, "manual", comps)
     before = snapshot(model)
     objects = {k: id(p) for k, p in hf_parameters(model).items()}
     cfg = EditConfig(steps=4, lr=1e-2, weight_decay=0.5, fluency_weight=0.0, retain_batch=8)
     result = edit(model, sport_facts.mark_forget(8, seed=1), loc, "edit", cfg, progress=False)
     after = snapshot(model)
-    q, o = "model.layers.2.self_attn.q_proj.weight", "model.layers.2.self_attn.o_proj.weight"
+    q, o = "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.o_proj.weight"
     rows = slice(1 * s.d_head, 2 * s.d_head)
     for name, dim in ((q, 0), (o, 1)):
         mask = torch.zeros_like(before[name], dtype=torch.bool)
@@ -77,8 +73,8 @@ def test_head_slices_do_not_leak_into_neighbours(fresh_factworld, sport_facts):
         assert not torch.equal(after[name][mask], before[name][mask]), f"{name}: the owned head did not train"
         assert torch.equal(result.delta[name][~mask], torch.zeros_like(before[name][~mask]))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {q, o, "model.layers.3.mlp.gate_proj.weight", "model.layers.3.mlp.up_proj.weight",
-                       "model.layers.3.mlp.down_proj.weight"}  # a lone head leaves its shared k/v frozen
+    assert changed == {q, o, "model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight",
+                       "model.layers.1.mlp.down_proj.weight"}  # a lone head leaves its shared k/v frozen
     assert result.n_params_trained == n_params(model, comps)
     assert {k: id(p) for k, p in hf_parameters(model).items()} == objects
 
@@ -192,34 +188,35 @@ def test_edit_with_probe_localization(fresh_factworld, sport_facts):
 
     model = fresh_factworld()
     loc = localize(model, sport_facts, "probe", progress=False)
-    assert loc.mlps and loc.n_params < n_params(model, [MLP(i) for i in range(model_shape(model).n_layers)])
+    assert loc.mlps and loc.n_params < n_params(model, [MLP(i) for i in range(arch(model).n_layers)])
     facts = sport_facts.mark_forget(16, seed=0)
     edit(model, facts, loc, "edit", EditConfig(steps=60, lr=3e-3), progress=False)
     assert score_facts(model, facts.forget_set()).mean("target_correct") >= 0.95
     assert score_facts(model, facts.maintain_set()).mean("answer_correct") >= 0.9
 
 
-def test_forward_from_first_trained_layer_matches_full_forward(fresh_factworld, sport_facts):
+def test_forward_from_first_trained_layer_matches_full_forward(tiny_model, sport_facts):
     """The cached-prefix forward (training starts at the earliest trained layer) changes speed, not results."""
-    from mechedit.edit.data import pad_left, token_rows
+    from mechedit.edit.data import token_rows
     from mechedit.edit.prefix import PrefixCache, full_hidden
+    from mechedit.tokens import pad_left
 
-    model = fresh_factworld()
+    model = tiny_model()
     rows = token_rows(model, [f.render() for f in sport_facts[:6]] + ["Options: tennis, golf. Answer: golf"])
-    cache = PrefixCache(model, 2, {"p": rows}, model.tokenizer.pad_token_id)
+    cache = PrefixCache(model, 1, {"p": rows}, model.tokenizer.pad_token_id)
     assert cache.active
     fast, mask = cache.hidden([("p", i) for i in (6, 0, 3)])
     ids, mask_full = pad_left([rows[i] for i in (6, 0, 3)], model.tokenizer.pad_token_id)
     assert torch.allclose(fast[mask.bool()], full_hidden(model, ids, mask_full)[mask_full.bool()], atol=1e-5)
 
     facts = sport_facts.mark_forget(8, seed=4)
-    loc = make_localization(model, "manual", [Head(2, 1), MLP(3)])
+    loc = make_localization(model, "manual", [Head(1, 1), MLP(1)])
     results = []
     for cached in (True, False):
         results.append(edit(model, facts, loc, "edit", EditConfig(steps=5, lr=3e-3, cache_prefix=cached),
                             progress=False))
         results[-1].revert(model)
-    assert results[0].extra["forward_from_first_trained_layer"] and results[0].extra["first_trained_layer"] == 2
+    assert results[0].extra["forward_from_first_trained_layer"] and results[0].extra["first_trained_layer"] == 1
     assert not results[1].extra["forward_from_first_trained_layer"]
     for name in results[0].names:
         # same up to float noise (Adam normalizes tiny gradient differences into updates of size ~lr)

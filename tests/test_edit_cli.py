@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+from conftest import one_thread
 from typer.testing import CliRunner
 
 from mechedit.cli import app
@@ -14,14 +14,10 @@ from mechedit.localize.localization import make_localization
 
 def test_cli_edit_writes_edit_dir(factworld, tmp_path):
     make_localization(factworld, "manual", [MLP(1), MLP(2)]).save(tmp_path / "loc.json")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         res = CliRunner().invoke(app, ["edit", "factworld", "factworld", "--localization", str(tmp_path / "loc.json"),
                                        "--objective", "npo", "--out", str(tmp_path / "ed"), "--steps", "4",
                                        "--n-forget", "6", "--lr", "3e-3"])
-    finally:
-        torch.set_num_threads(n)
     assert res.exit_code == 0, res.output
     assert "forget: true-answer accuracy" in res.output
     result = EditResult.load(tmp_path / "ed", model=factworld)  # the session model is the edit's base

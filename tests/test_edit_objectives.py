@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import one_thread
 
 from mechedit.components import MLP
 from mechedit.edit import OBJECTIVES, EditConfig, ObjectiveInputs, edit
@@ -18,10 +19,8 @@ from mechedit.scoring import score_facts
 @pytest.fixture(scope="module")
 def private_model():
     """A private factworld copy; every test reverts its edit."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model("factworld")
-    torch.set_num_threads(n)
+    with one_thread():
+        yield load_model("factworld")
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import one_thread, snapshot
 
 from mechedit.components import MLP, Head
 from mechedit.edit import EditConfig, EditError, EditResult, edit
@@ -16,16 +17,13 @@ from mechedit.models import hf_parameters, load_model
 @pytest.fixture(scope="module")
 def edited(sport_facts):
     """(private factworld copy carrying an edit, original parameters, edited parameters, result)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = load_model("factworld")
-    original = {k: v.detach().clone() for k, v in hf_parameters(model).items()}
-    loc = make_localization(model, "manual", [MLP(1), Head(2, 1), Head(3, 0), Head(3, 1)])
-    result = edit(model, sport_facts.mark_forget(8, seed=3), loc, "edit", EditConfig(steps=8, lr=3e-3),
-                  progress=False)
-    after = {k: v.detach().clone() for k, v in hf_parameters(model).items()}
-    yield model, original, after, result
-    torch.set_num_threads(n)
+    with one_thread():
+        model = load_model("factworld")
+        original = snapshot(model)
+        loc = make_localization(model, "manual", [MLP(1), Head(2, 1), Head(3, 0), Head(3, 1)])
+        result = edit(model, sport_facts.mark_forget(8, seed=3), loc, "edit", EditConfig(steps=8, lr=3e-3),
+                      progress=False)
+        yield model, original, snapshot(model), result
 
 
 def same(model, params) -> bool:

@@ -23,6 +23,7 @@ from mechedit.evaluate.copying import clone_model
 from mechedit.evaluate.evaluation import METRIC_KEYS
 from mechedit.facts import FactError
 from mechedit.models import fingerprint, hf_parameters
+from patching.model import arch
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_evaluate_an_edit_end_to_end(factworld, edit_facts, small_edit, tmp_path
     assert m["n_params_trained"] == small_edit.n_params_trained and m["fluency_kl"] > 0
     assert m["neighborhood_accuracy"] is None  # factworld facts have no neighbourhood prompts
     assert len(m["latent_probe_accuracy"]) == 4 and m["verdict"] in ("removed", "suppressed")
-    assert ev.original_behaviour.forget_accuracy == 1.0 and ev.meta["mcq_shots"] == 0  # prefix hurts factworld
+    assert ev.original_behaviour.forget_accuracy == 1.0 and ev.extra["mcq_shots"] == 0  # prefix hurts factworld
     lat = ev.latent
     assert max(lat.original_quality["last"]) >= 0.9  # probes work on the original model's maintain facts
     assert lat.original_before["last"][-1] >= 0.9
@@ -192,7 +193,7 @@ def test_cli_evaluate_and_wrong_model(edit_facts, small_edit, tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads(out.read_text())
     assert metrics["forget_accuracy"] <= 0.25 and metrics["verdict"] is None  # no relearning, no probes
-    assert metrics["behaviour"]["n_forget"] == 16 and metrics["meta"]["facts_source"].startswith("marks from")
+    assert metrics["behaviour"]["n_forget"] == 16 and metrics["extra"]["facts_source"].startswith("marks from")
     meta = json.loads((edit_dir / "edit.json").read_text())
     meta["base_fingerprint"] = meta["edited_fingerprint"] = "0123456789abcdef"
     (edit_dir / "edit.json").write_text(json.dumps(meta))
@@ -258,13 +259,13 @@ def test_relearn_control_catches_a_dominant_answer(factworld, sport_facts):
     the first run: held-out 0.375 after the attack, 0.5 after the control, recovery -0.25 (the raw lift was smaller
     than planned, so the test does not also claim that the uniform-chance recovery is fooled). The LoRA attack
     leaves the caller's model bit-identical."""
-    from mechedit.components import MLP, model_shape
+    from mechedit.components import MLP
     from mechedit.edit import EditConfig, edit
     from mechedit.localize.localization import make_localization
 
     facts, top = _dominant_sport_facts(sport_facts)
     edited = clone_model(factworld)
-    loc = make_localization(factworld, "all-mlps", [MLP(i) for i in range(model_shape(factworld).n_layers)])
+    loc = make_localization(factworld, "all-mlps", [MLP(i) for i in range(arch(factworld).n_layers)])
     edit(edited, facts, loc, "npo", EditConfig(steps=15, lr=1e-3, retain_pool=32, fluency_weight=0.0),
          progress=False)
     fp = fingerprint(edited)
@@ -280,7 +281,7 @@ def test_too_few_forget_facts_make_relearning_null_not_fatal(factworld, sport_fa
     """Three forget facts cannot be split into trained and held-out halves: null with a note, evaluation goes on."""
     facts = sport_facts.mark_forget(3, seed=0, with_targets=False)
     ev = evaluate(factworld, facts, relearn=True, latent=False, max_maintain=16, progress=False)
-    assert ev.relearn is None and "at least 4 forget facts" in ev.meta["relearn_note"]
+    assert ev.relearn is None and "at least 4 forget facts" in ev.extra["relearn_note"]
     assert ev.metrics["relearn_recovery"] is None and ev.verdict.signals["relearning"]["value"] is None
     assert ev.metrics["forget_accuracy"] is not None
 

@@ -98,7 +98,7 @@ def test_evaluate_scores_maintain_and_fluency_on_the_held_out_half(factworld, ma
     fl = ev.fluency
     assert fl["n_heldout"] == 16 and fl["n_train"] == 16 and len(fl["heldout_per_text"]) == 16
     assert m["fluency_kl"] == pytest.approx(sum(fl["heldout_per_text"]) / 16) and m["fluency_kl_train"] > 0
-    assert ev.meta["heldout"]["source"] == "recorded"
+    assert ev.extra["heldout"]["source"] == "recorded"
 
 
 def _behaviour(**values) -> Behaviour:

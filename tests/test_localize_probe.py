@@ -32,22 +32,26 @@ def sport_loc(factworld, world_facts):
 # ------------------------------------------------------------------ the rule
 
 
-def test_choose_layer_range_rule():
-    # a step between layers 4 and 5: MLP 5 alone explains the rise
-    assert choose_layer_range([0.25] * 5 + [0.95] * 5, baseline=0.25) == (5, 5)
+@pytest.mark.parametrize(("curve", "baseline", "kw", "expected"), [
+    ([0.25] * 5 + [0.95] * 5, 0.25, {}, (5, 5)),  # a step between layers 4 and 5: MLP 5 alone explains the rise
     # a gradual rise over layers 2..5 (0.2 per layer): 80% of the 0.8 rise needs all four
-    curve = [0.1, 0.1, 0.3, 0.5, 0.7, 0.9, 0.9]
-    assert choose_layer_range(curve, 0.1, rise_fraction=0.8) == (2, 5)
-    assert choose_layer_range(curve, 0.1, rise_fraction=0.5) == (2, 3)  # ties: earliest
-    # ties in length prefer the larger gain
-    assert choose_layer_range([0.5, 0.5, 0.95], 0.1, rise_fraction=0.45) == (2, 2)
-    assert choose_layer_range([0.55, 0.55, 0.95], 0.1, rise_fraction=0.45) == (0, 0)
-    # the plateau need not be at the last layer
-    assert choose_layer_range([0.3, 0.9, 0.6], 0.3) == (1, 1)
-    with pytest.raises(ValueError, match="not linearly decodable"):
-        choose_layer_range([0.26, 0.27, 0.3], 0.25, min_rise=0.1)
-    with pytest.raises(ValueError, match="rise_fraction"):
-        choose_layer_range([0.2, 0.9], 0.2, rise_fraction=0)
+    ([0.1, 0.1, 0.3, 0.5, 0.7, 0.9, 0.9], 0.1, {"rise_fraction": 0.8}, (2, 5)),
+    ([0.1, 0.1, 0.3, 0.5, 0.7, 0.9, 0.9], 0.1, {"rise_fraction": 0.5}, (2, 3)),  # ties: earliest
+    ([0.5, 0.5, 0.95], 0.1, {"rise_fraction": 0.45}, (2, 2)),  # ties in length prefer the larger gain
+    ([0.55, 0.55, 0.95], 0.1, {"rise_fraction": 0.45}, (0, 0)),
+    ([0.3, 0.9, 0.6], 0.3, {}, (1, 1)),  # the plateau need not be at the last layer
+])
+def test_choose_layer_range_rule(curve, baseline, kw, expected):
+    assert choose_layer_range(curve, baseline, **kw) == expected
+
+
+@pytest.mark.parametrize(("curve", "baseline", "kw", "error"), [
+    ([0.26, 0.27, 0.3], 0.25, {"min_rise": 0.1}, "not linearly decodable"),
+    ([0.2, 0.9], 0.2, {"rise_fraction": 0}, "rise_fraction"),
+])
+def test_choose_layer_range_refuses(curve, baseline, kw, error):
+    with pytest.raises(ValueError, match=error):
+        choose_layer_range(curve, baseline, **kw)
 
 
 # ------------------------------------------------------------------ factworld
@@ -71,7 +75,7 @@ def test_probe_localization_factworld(factworld, world_facts, sport_loc):
     assert curve[end] >= max(curve) - margin - 1e-9
     assert max(curve) - before >= 0.5 and max(curve) >= 0.8
     assert end < 3  # the lookup happens where later heads can still read it (factworld v2)
-    assert set(loc.scores) == {f"mlp.{layer}" for layer in range(4)}
+    assert set(loc.scores) == {MLP(layer) for layer in range(4)}
     np.testing.assert_allclose(sum(loc.scores.values()), curve[-1] - ex["embed_accuracy"]["subject"], atol=1e-9)
     # the subject comes first in factworld prompts, so the full prompt gives the same activations at the subject
     np.testing.assert_allclose(ex["curves"]["full"], ex["curves"]["subject"], atol=1e-9)
@@ -99,6 +103,7 @@ def test_probe_localization_budget(factworld, world_facts, sport_loc):
         localize(factworld, world_facts, "probe", relation="sport", budget=one - 1, progress=False)
 
 
+@pytest.mark.unchecked
 def test_probe_localization_bad_facts(factworld, sport_facts):
     one_answer = sport_facts.subset([f for f in sport_facts if f.answer == "golf"])
     with pytest.raises(FactError, match="at least 2 answers"):
@@ -109,6 +114,8 @@ def test_probe_localization_bad_facts(factworld, sport_facts):
     assert loc.extra["dropped_classes"] == {"golf": 5} and "golf" not in loc.extra["classes"]
     with pytest.raises(ValueError, match="choose_on"):
         localize(factworld, sport_facts, "probe", choose_on="middle", progress=False)
+    with pytest.raises(ValueError, match="position must be"):
+        localize(factworld, sport_facts, "probe", position="first", progress=False)
 
 
 def test_subject_mean_position(factworld, sport_facts):
@@ -127,8 +134,6 @@ def test_subject_mean_position(factworld, sport_facts):
         one = [collect_activations(factworld, batch.input_ids[i:i + 1], batch.attention_mask[i:i + 1],
                                    torch.tensor([p]), hooks, progress=False) for p in span]
         torch.testing.assert_close(got[:, i], torch.stack(one).mean(0)[:, 0], rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="position must be"):
-        localize(factworld, sport_facts, "probe", position="first", progress=False)
 
 
 # ------------------------------------------------------------------ plot
@@ -162,9 +167,11 @@ def test_plot_probe_accuracy(sport_loc):
 def test_probe_localization_smollm2(smollm2):
     """CounterFact "created by" (P178) facts SmolLM2 knows: the probe curve rises and a short MLP range is chosen."""
     from mechedit.facts import load_facts
+    from mechedit.scoring import known_facts
+    from mechedit.tokens import validate_facts
 
-    facts = load_facts("counterfact").by_relation()["P178"].validated(smollm2.tokenizer, "drop")
-    loc = localize(smollm2, facts.known_by(smollm2, batch_size=64), "probe", progress=False)
+    facts = validate_facts(smollm2.tokenizer, load_facts("counterfact").by_relation()["P178"], "drop")
+    loc = localize(smollm2, known_facts(smollm2, facts, batch_size=64), "probe", progress=False)
     start, end = loc.extra["chosen_range"]
     curve, ex = loc.probe_accuracy, loc.extra
     assert len(curve) == 30 and ex["n_facts"] >= 100 and len(ex["classes"]) >= 3

@@ -74,9 +74,10 @@ def test_local_directory_loads_through_the_same_path(tmp_path, factworld):
 def test_smollm2_loads_from_cache_and_knows_capitals(smollm2):
     from mechedit.cache import cache_dir
     from mechedit.facts import load_facts
+    from mechedit.tokens import validate_facts
 
     assert (cache_dir() / "smollm2-135m" / "COMPLETE").exists()
-    cf = load_facts("counterfact").validated(smollm2.tokenizer, on_collision="drop")
+    cf = validate_facts(smollm2.tokenizer, load_facts("counterfact"), on_collision="drop")
     capitals = cf.by_relation()["P36"]
     s = score_facts(smollm2, capitals)
     assert s.mean("answer_correct") >= 0.6  # 14 of 19 when this was written

@@ -7,8 +7,8 @@ from mechedit.stats import Interval, bootstrap_ci, chance_accuracy, majority_cha
 
 def test_interval_covers_planted_mean_and_shrinks_with_n():
     rng = np.random.default_rng(1)
-    small = bootstrap_ci(list(rng.binomial(1, 0.3, 20)))
-    large = bootstrap_ci(list(rng.binomial(1, 0.3, 2000)))
+    small = bootstrap_ci(rng.binomial(1, 0.3, 20).tolist())
+    large = bootstrap_ci(rng.binomial(1, 0.3, 2000).tolist())
     assert large.contains(0.3)
     assert (large.high - large.low) < (small.high - small.low) / 5
 

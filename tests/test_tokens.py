@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mechedit.facts import Fact, FactError, FactSet
-from mechedit.tokens import candidate_token_ids, encode, first_token_id
+from mechedit.tokens import candidate_token_ids, encode, first_token_id, validate_facts
 
 
 def test_subject_span_under_left_padding(factworld):
@@ -45,8 +45,8 @@ def test_colliding_candidates_rejected_or_dropped(smollm2_free_tokenizer):
     with pytest.raises(FactError, match="share the first token"):
         candidate_token_ids(tok, f)
     with pytest.raises(FactError, match="share the first token"):
-        FactSet([f]).validated(tok)
-    kept = FactSet([f]).validated(tok, on_collision="drop")
+        validate_facts(tok, FactSet([f]))
+    kept = validate_facts(tok, FactSet([f]), on_collision="drop")
     assert kept[0].candidates == ("Paris", "Rome")
 
 

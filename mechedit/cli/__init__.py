@@ -9,6 +9,8 @@ import sys
 
 import typer
 
+from mechedit.cli.common import set_debug
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("(")[0] if __doc__ else None,
                   pretty_exceptions_enable=False, rich_markup_mode=None)
 
@@ -17,8 +19,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 @app.callback()
 def _options(debug: bool = typer.Option(False, "--debug", help="print full tracebacks instead of one-line errors")):
     """Options shared by every sub-command."""
-    from mechedit.cli.common import set_debug
-
     set_debug(debug)
 
 

@@ -16,8 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from mechedit.cache import CacheError
-from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet
-from mechedit.models import ModelNotAvailable
+from mechedit.components import n_params
+from mechedit.edit.config import EditError
+from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
+from mechedit.localize.localization import Localization
+from mechedit.models import ModelNotAvailable, fingerprint
+from mechedit.validate import check_fact_sizes, check_input_file
 
 # wide enough for the comparison table when output goes to a file or CI log (rich defaults to 80 there)
 console = Console(width=None if sys.stdout.isatty() else 180)
@@ -48,8 +52,6 @@ def _expected() -> tuple[type[BaseException], ...]:
 
         kinds.append(SafetensorError)
     with contextlib.suppress(ImportError):
-        from mechedit.edit.config import EditError
-
         kinds.append(EditError)
     return tuple(kinds)
 
@@ -118,9 +120,6 @@ def is_bundled(spec: str) -> bool:
 
 def read_facts(spec: str) -> FactSet:
     """Load FACTS and check its texts' sizes in characters (before any model is loaded)."""
-    from mechedit.facts import load_facts
-    from mechedit.validate import check_fact_sizes
-
     fs = load_facts(spec)
     if not is_bundled(spec):
         check_fact_sizes(fs)
@@ -129,18 +128,12 @@ def read_facts(spec: str) -> FactSet:
 
 def read_localization(path: Path, option: str):
     """Load a loc.json given as ``option``, with errors naming the file."""
-    from mechedit.localize.localization import Localization
-    from mechedit.validate import check_input_file
-
     check_input_file(path, option)
     return Localization.load(path)
 
 
 def check_localization_fits(loc, model, path: Path, option: str) -> None:
     """Refuse a localization made on another model (fingerprint, or its components' shapes/parameter count)."""
-    from mechedit.components import n_params
-    from mechedit.models import fingerprint
-
     recorded = loc.extra.get("model_fingerprint")
     if recorded and recorded != fingerprint(model):
         raise ValueError(f"{option} {path} was made on another model (fingerprint {recorded}; this model has "

@@ -11,12 +11,26 @@ from rich.table import Table
 
 from mechedit.cli import app
 from mechedit.cli.common import FORCE_HELP, console, read_facts, user_errors
+from mechedit.compare import (
+    CELL_LEGEND,
+    PAIRED_LEGEND,
+    PAIRED_REFERENCES,
+    CompareSettings,
+    Comparison,
+    paired_rows,
+    summary_title,
+    table_rows,
+)
+from mechedit.compare import compare as run_compare
+from mechedit.edit.objectives import OBJECTIVES
+from mechedit.evaluate.relearn import MODES
+from mechedit.localize import METHODS
+from mechedit.report import write_report
+from mechedit.validate import atomic_dir, check_choice, check_count, check_output
 
 
-def summary_table(summary: dict) -> Table:
+def summary_table(summary: Comparison) -> Table:
     """One row per method: mean ± SD [95 % CI] of the headline metrics, verdicts and parameters."""
-    from mechedit.compare import CELL_LEGEND, summary_title, table_rows
-
     headers, rows = table_rows(summary)
     table = Table(title=escape(summary_title(summary)), caption=escape(CELL_LEGEND))
     table.add_column(headers[0])
@@ -29,10 +43,8 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
-def paired_tables(summary: dict) -> list[Table]:
+def paired_tables(summary: Comparison) -> list[Table]:
     """One table per paired reference (probe, nonlocalized): each method's difference with its 95 % CI."""
-    from mechedit.compare import PAIRED_LEGEND, PAIRED_REFERENCES, paired_rows
-
     tables = []
     for ref in PAIRED_REFERENCES:
         headers, rows = paired_rows(summary, ref)
@@ -50,38 +62,24 @@ def paired_tables(summary: dict) -> list[Table]:
 
 def check_settings(settings, out: Path, force: bool) -> None:
     """Refuse bad compare/demo settings and an unwritable or existing --out before any model is loaded."""
-    from mechedit.edit.objectives import OBJECTIVES
-    from mechedit.localize import METHODS
-    from mechedit.validate import check_count, check_output
-
     if not settings.methods:
         raise ValueError("--methods is empty; give at least one of " + ", ".join(METHODS))
-    unknown = [m for m in settings.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if settings.objective not in OBJECTIVES:
-        raise ValueError(f"--objective: unknown objective {settings.objective!r}; choose from {', '.join(OBJECTIVES)}")
+    check_choice("--methods", "method", settings.methods, METHODS)
+    check_choice("--objective", "objective", settings.objective, OBJECTIVES)
     for option, value in (("--n-facts", settings.n_facts), ("--seeds", settings.seeds),
                           ("--max-maintain", settings.max_maintain), ("--steps", settings.steps),
                           ("--relearn-steps", settings.relearn_steps)):
         check_count(option, value)
-    from mechedit.evaluate.relearn import MODES
-
-    if settings.relearn_mode not in MODES:
-        raise ValueError(f"--relearn-mode: unknown mode {settings.relearn_mode!r}; choose from {', '.join(MODES)}")
+    check_choice("--relearn-mode", "mode", settings.relearn_mode, MODES)
     check_output(out, "--out", force, kind="dir")
     read_facts(settings.facts)
 
 
 def run_and_report(settings, out: Path, force: bool = False) -> None:
     """Run compare into a temporary directory, write the report, then move it to ``out``; print table and time."""
-    from mechedit.compare import compare
-    from mechedit.report import write_report
-    from mechedit.validate import atomic_dir
-
     t0 = time.time()
     with atomic_dir(out, replace=force) as tmp:
-        summary = compare(settings, tmp)
+        summary = run_compare(settings, tmp)
         write_report(tmp)
     console.print(summary_table(summary))
     for table in paired_tables(summary):
@@ -109,8 +107,6 @@ def compare(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Localize with each method (baselines cut to the fact-lookup budget), edit identically, verify, compare."""
-    from mechedit.compare import CompareSettings
-
     with user_errors():
         names = [m.strip() for m in methods.split(",") if m.strip()]
         settings = CompareSettings(model=model, facts=facts, methods=names,
@@ -128,9 +124,6 @@ def report(
     force: bool = typer.Option(False, "--force", help="replace an existing RUN_DIR/report.html"),
 ) -> None:
     """Write RUN_DIR/report.html: one self-contained page with every figure of a comparison."""
-    from mechedit.report import write_report
-    from mechedit.validate import check_output
-
     with user_errors():
         if not run_dir.is_dir():
             raise ValueError(f"{run_dir}: not a directory written by `mechedit compare`")

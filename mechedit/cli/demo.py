@@ -8,6 +8,8 @@ import typer
 
 from mechedit.cli import app
 from mechedit.cli.common import FORCE_HELP, user_errors
+from mechedit.cli.compare import check_settings, run_and_report
+from mechedit.compare import CompareSettings
 
 # small enough to finish in a few minutes on 2 CPU cores; `mechedit compare` takes every knob
 DEMO = {
@@ -26,9 +28,6 @@ def demo(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Compare fact-lookup localization with baselines on a bundled model: table, report, elapsed time."""
-    from mechedit.cli.compare import check_settings, run_and_report
-    from mechedit.compare import CompareSettings
-
     with user_errors():
         if model not in DEMO:
             raise ValueError(f"demo runs on {', '.join(DEMO)}; use `mechedit compare` for other models")

@@ -20,8 +20,20 @@ from mechedit.cli.common import (
     read_localization,
     user_errors,
 )
+from mechedit.edit import EditConfig, EditError
+from mechedit.edit import edit as run_edit
 from mechedit.edit.marking import marked_facts
 from mechedit.edit.objectives import OBJECTIVES
+from mechedit.models import load_model
+from mechedit.scoring import require_finite, score_facts
+from mechedit.validate import (
+    atomic_dir,
+    check_choice,
+    check_count,
+    check_input_file,
+    check_output,
+    check_rate,
+)
 
 FACTS_FILE = "facts.csv"
 N_MAINTAIN_SCORED = 256
@@ -44,15 +56,8 @@ def edit(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Edit (or unlearn) FACTS in MODEL by training only the localized components; write the revertible delta."""
-    from mechedit.edit import EditConfig, EditError
-    from mechedit.edit import edit as run_edit
-    from mechedit.models import load_model
-    from mechedit.scoring import require_finite, score_facts
-    from mechedit.validate import atomic_dir, check_count, check_input_file, check_output, check_rate
-
     with user_errors():
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+        check_choice("--objective", "objective", objective, OBJECTIVES)
         check_count("--steps", steps)
         check_count("--n-forget", n_forget)
         check_rate("--lr", lr)

@@ -11,7 +11,15 @@ import typer
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import FORCE_HELP, console, read_facts, user_errors
+from mechedit.cli.common import FORCE_HELP, console, is_bundled, read_facts, user_errors
+from mechedit.edit import EditError, EditResult
+from mechedit.edit.marking import checked_facts, marked_facts
+from mechedit.evaluate import RelearnConfig
+from mechedit.evaluate import evaluate as run_evaluate
+from mechedit.facts import FactError, load_csv, load_facts
+from mechedit.models import load_model
+from mechedit.plots.verification import verification_figures
+from mechedit.validate import check_count, check_distinct, check_output, check_rate, staged_files
 
 EDIT_FACTS_FILE = "facts.csv"  # written by `mechedit edit` next to the delta
 PLOT_NAMES = ("relearning", "latent", "diagnostics")  # figures of mechedit.plots.verification
@@ -52,10 +60,6 @@ def facts_for(model, facts_spec: str, edit_dir: Path | None, objective: str, n_f
     when FACTS holds them; FACTS' own marks must equal them unless ``override``. Without an edit: FACTS' marks,
     else a seeded sample of known facts.
     """
-    from mechedit.cli.common import is_bundled
-    from mechedit.edit.marking import checked_facts, marked_facts
-    from mechedit.facts import FactError, load_csv, load_facts
-
     bundled = is_bundled(facts_spec)
     fs = checked_facts(model, fs if fs is not None else load_facts(facts_spec), bundled)
     own_marks = any(f.changes for f in fs)
@@ -123,12 +127,6 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Verify an edit: is the fact gone, or only hidden? Writes metrics.json (nothing if anything fails)."""
-    from mechedit.edit import EditError, EditResult
-    from mechedit.evaluate import RelearnConfig
-    from mechedit.evaluate import evaluate as run_evaluate
-    from mechedit.models import load_model
-    from mechedit.validate import check_count, check_distinct, check_output, check_rate, staged_files
-
     with user_errors():
         check_count("--relearn-steps", relearn_steps)
         check_rate("--relearn-lr", relearn_lr)
@@ -155,12 +153,10 @@ def evaluate(
                               diagnostics=diagnostics, max_maintain=max_maintain)
         except EditError as exc:  # one red line, like every other user-facing error
             raise ValueError(str(exc)) from None
-        ev.meta["facts_source"] = source
-        ev.meta["facts_override"] = facts_override and "--facts-override" in source
+        ev.extra["facts_source"] = source
+        ev.extra["facts_override"] = facts_override and "--facts-override" in source
         figures = {}
         if plots:
-            from mechedit.plots.verification import verification_figures
-
             figures = verification_figures(ev)
         with staged_files() as st:
             st.write_text(out, json.dumps(ev.to_dict(), indent=1))

@@ -20,7 +20,14 @@ from mechedit.cli.common import (
     read_localization,
     user_errors,
 )
+from mechedit.edit.marking import checked_facts
 from mechedit.localize import METHODS
+from mechedit.localize import localize as run_localizer
+from mechedit.models import fingerprint, load_model
+from mechedit.plots.patching import plot_patching
+from mechedit.plots.probe_accuracy import plot_probe_accuracy
+from mechedit.scoring import known_facts
+from mechedit.validate import check_choice, check_count, check_distinct, check_output, staged_files
 
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 
@@ -28,8 +35,6 @@ IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 def check_plot_path(path: Path, force: bool) -> None:
     """A figure path must end in .html (or an image suffix, with kaleido installed) and be writable."""
     import importlib.util
-
-    from mechedit.validate import check_output
 
     suffix = path.suffix.lower()
     if suffix not in (".html", *IMAGE_SUFFIXES):
@@ -61,11 +66,7 @@ def save_figure(fig, path: Path, dest: Path | None = None) -> None:
 def plot_for(loc):
     """The natural figure for a Localization: probe-accuracy curve or patching scores."""
     if loc.probe_accuracy is not None:
-        from mechedit.plots.probe_accuracy import plot_probe_accuracy
-
         return plot_probe_accuracy(loc)
-    from mechedit.plots.patching import plot_patching
-
     return plot_patching(loc)
 
 
@@ -83,14 +84,8 @@ def localize(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Localize where MODEL stores FACTS and write loc.json (and figures); nothing is written if anything fails."""
-    from mechedit.edit.marking import checked_facts
-    from mechedit.localize import localize as run_localizer
-    from mechedit.models import fingerprint, load_model
-    from mechedit.validate import check_count, check_distinct, check_output, staged_files
-
     with user_errors():
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        check_choice("--method", "method", method, METHODS)
         check_count("--n-facts", n_facts)
         check_output(out, "--out", force)
         for p in plot:
@@ -106,7 +101,7 @@ def localize(
         fs = checked_facts(m, fs, is_bundled(facts))
         print_notes(fs)
         if known_only:
-            fs = fs.known_by(m)
+            fs = known_facts(m, fs)
         if n_facts:
             fs = fs.sample(n_facts, seed=seed)
         loc = run_localizer(m, fs, method, seed=seed, budget=budget_loc.n_params if budget_loc else None)
@@ -120,7 +115,7 @@ def localize(
         table.add_column("component")
         table.add_column("score", justify="right")
         for c in loc.components:
-            table.add_row(str(c), f"{loc.scores.get(str(c), float('nan')):.3f}")
+            table.add_row(str(c), f"{loc.scores.get(c, float('nan')):.3f}")
         console.print(table)
         console.print(f"{len(loc.components)} components, {loc.n_params:,} parameters → {out}")
         for p in plot:

@@ -8,8 +8,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from mechedit.cache import cache_dir, cache_entries, clear_cache, dir_bytes, entry_name, inspect_cache
 from mechedit.cli import app
 from mechedit.cli.common import FORCE_HELP, console, is_bundled, print_notes, read_facts, user_errors
+from mechedit.edit.marking import checked_facts
+from mechedit.models import available_models, load_model
+from mechedit.scoring import require_finite, score_facts
+from mechedit.validate import check_choice, check_count, check_output, staged_files
 
 
 @app.command()
@@ -21,8 +26,6 @@ def models(
     """List the bundled models, whether they can be loaded here and whether they are cached; check or remove caches."""
     with user_errors():
         if clear is not None:
-            from mechedit.cache import cache_entries, clear_cache, dir_bytes, entry_name
-
             sizes = {p: (entry_name(p), dir_bytes(p)) for p in cache_entries()}
             for p in clear_cache(clear):
                 name, size = sizes[p]
@@ -30,7 +33,6 @@ def models(
             return
         if verify:
             raise typer.Exit(_verify_table())
-    from mechedit.models import available_models
 
     table = Table(title="bundled models")
     for col in ("name", "status", "cached", "cache dir"):
@@ -43,8 +45,6 @@ def models(
 
 def _verify_table() -> int:
     """Print one row per cache (OK or its problems); return 1 if any cache is corrupt, else 0."""
-    from mechedit.cache import cache_dir, cache_entries, dir_bytes, entry_name, inspect_cache
-
     table = Table(title=f"caches in {cache_dir()}")
     for col in ("name", "size", "state", "detail"):
         table.add_column(col)
@@ -76,10 +76,6 @@ FORMATS = ("prompt", "chat", "paraphrase", "mcq", "mcq-letter")
 
 def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limit: int | None = None, fs=None):
     """Load a model and a fact set; return (all facts, known facts, rich table per relation)."""
-    from mechedit.edit.marking import checked_facts
-    from mechedit.models import load_model
-    from mechedit.scoring import require_finite, score_facts
-
     fs = fs if fs is not None else read_facts(facts_spec)
     model = load_model(model_name)
     facts = checked_facts(model, fs, is_bundled(facts_spec))
@@ -113,11 +109,8 @@ def facts(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """How many facts MODEL knows (forced choice over candidates), per relation."""
-    from mechedit.validate import check_count, check_output, staged_files
-
     with user_errors():
-        if fmt not in FORMATS:
-            raise ValueError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+        check_choice("--format", "format", fmt, FORMATS)
         check_count("--limit", limit)
         if out is not None:
             check_output(out, "--out", force)

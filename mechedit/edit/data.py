@@ -22,6 +22,7 @@ from mechedit.edit.split import MaintainSplit, split_maintain
 from mechedit.facts import FactError, FactSet
 from mechedit.models import model_info
 from mechedit.tokens import candidate_token_ids, first_token_id
+from patching.model import Model
 
 
 @dataclass
@@ -43,7 +44,7 @@ class EditData:
     n_fluency_heldout: int = 0  # fluency texts held out for evaluation
 
 
-def token_rows(model, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
+def token_rows(model: Model, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
     """Token ids of each text (BOS first if the model uses one), optionally cut to ``max_tokens``."""
     tok = model.tokenizer
     bos = [tok.bos_token_id] if model_info(model).prepend_bos and tok.bos_token_id is not None else []
@@ -54,17 +55,6 @@ def token_rows(model, texts: list[str], max_tokens: int | None = None) -> list[l
     if empty:
         raise EditError(f"text {empty[0]!r} tokenizes to nothing")
     return rows
-
-
-def pad_left(rows: list[list[int]], pad_id: int) -> tuple[Int[torch.Tensor, "b t"], Int[torch.Tensor, "b t"]]:
-    """Left-padded ids and attention mask (the last column is every row's last token)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids, mask
 
 
 def _random_wrong(tokenizer, forget: FactSet, seed: int) -> list[int]:
@@ -80,7 +70,7 @@ def _random_wrong(tokenizer, forget: FactSet, seed: int) -> list[int]:
     return out
 
 
-def prepare(model, facts: FactSet, cfg: EditConfig, needs: frozenset[str], use_fluency: bool) -> EditData:
+def prepare(model: Model, facts: FactSet, cfg: EditConfig, needs: frozenset[str], use_fluency: bool) -> EditData:
     """Split ``facts`` into forget / maintain, tokenize them and the fluency texts; check what the objective needs."""
     tok = model.tokenizer
     forget_list = [f for f in facts if f.changes]

@@ -19,6 +19,7 @@ from mechedit.edit.config import EditError
 from mechedit.edit.split import EVAL_FRACTION, MaintainSplit, split_texts
 from mechedit.facts import FactSet
 from mechedit.models import model_info
+from patching.model import Model
 
 BUNDLED_FLUENCY = "fluency.txt"
 N_FACT_SENTENCES = 64
@@ -46,7 +47,7 @@ def read_texts(path: str | Path) -> list[str]:
     return texts
 
 
-def fluency_texts(model, maintain: FactSet | None, source: str, seed: int) -> tuple[list[str], str]:
+def fluency_texts(model: Model, maintain: FactSet | None, source: str, seed: int) -> tuple[list[str], str]:
     """The fluency texts for ``model`` and a one-line description of where they came from."""
     if source == "auto":
         source = "facts" if model_info(model).name == "factworld" else "bundled"

@@ -54,18 +54,10 @@ class Objective:
     needs: frozenset[str] = frozenset()  # of: target, random, retain, forget_ref, retain_ref, teacher
     doc: str = ""
 
-
-OBJECTIVES: dict[str, Objective] = {}
-
-
-def register(name: str, needs: tuple[str, ...] = ()):
-    """Decorator adding an objective function to ``OBJECTIVES`` under ``name``."""
-
-    def deco(fn: ObjectiveFn) -> ObjectiveFn:
-        OBJECTIVES[name] = Objective(name, fn, frozenset(needs), (fn.__doc__ or "").strip().split("\n")[0])
-        return fn
-
-    return deco
+    @classmethod
+    def of(cls, name: str, fn: ObjectiveFn, needs: tuple[str, ...] = ()) -> Objective:
+        """An objective whose ``doc`` is the first line of ``fn``'s docstring."""
+        return cls(name, fn, frozenset(needs), (fn.__doc__ or "").strip().split("\n")[0])
 
 
 def get_objective(objective: str | Objective) -> Objective:
@@ -98,7 +90,6 @@ def retain_nll(x: ObjectiveInputs) -> torch.Tensor:
 # ---------------------------------------------------------------------- objectives
 
 
-@register("edit", needs=("target", "retain"))
 def edit_objective(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     """Cross-entropy toward the new target; NLL retain."""
     if bool((x.target_ids < 0).any()):
@@ -106,25 +97,21 @@ def edit_objective(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     return Terms(nll(x.forget_logp, x.target_ids), retain_nll(x))
 
 
-@register("ga")
 def gradient_ascent(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     """Gradient ascent on the true answer (minimize log p(answer)); no retain term (that is gradiff)."""
     return Terms(-nll(x.forget_logp, x.answer_ids), None)
 
 
-@register("gradiff", needs=("retain",))
 def gradient_difference(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     """−NLL on the forget facts + NLL on the maintain facts."""
     return Terms(-nll(x.forget_logp, x.answer_ids), retain_nll(x))
 
 
-@register("ga-kl", needs=("retain", "retain_ref"))
 def gradient_ascent_kl(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     """−NLL on the forget facts + KL(p_original ‖ p) on the maintain prompts."""
     return Terms(-nll(x.forget_logp, x.answer_ids), kl(x.retain_ref_logp, x.retain_logp))
 
 
-@register("npo", needs=("retain", "forget_ref"))
 def negative_preference(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     """NPO (Zhang et al. 2024): −(2/β)·mean log σ(−β·log(π_θ/π_ref)) on the answer tokens; NLL retain."""
     idx = x.answer_ids[:, None]
@@ -132,13 +119,11 @@ def negative_preference(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     return Terms(-(2.0 / cfg.npo_beta) * F.logsigmoid(-cfg.npo_beta * log_ratio).mean(), retain_nll(x))
 
 
-@register("rlabel", needs=("retain", "random"))
 def random_label(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     """Cross-entropy toward a random wrong candidate per fact (drawn once under the seed); NLL retain."""
     return Terms(nll(x.forget_logp, x.random_ids), retain_nll(x))
 
 
-@register("log1-p", needs=("retain",))
 def log_one_minus_p(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     """−log(1 − p(answer)) (Guo et al.'s unlearning loss; → 0 as p(answer) → 0); NLL retain."""
     logp = x.forget_logp.gather(1, x.answer_ids[:, None]).squeeze(1)
@@ -146,9 +131,21 @@ def log_one_minus_p(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     return Terms(-torch.log(-torch.expm1(logp.clamp(max=-1e-6))).mean(), retain_nll(x))
 
 
-@register("causal-teacher", needs=("retain", "teacher"))
 def causal_teacher(x: ObjectiveInputs, cfg: EditConfig) -> Terms:
     """KL(teacher ‖ student) on the forget prompts (Liu et al. 2024, teacher from replaced subjects); NLL retain."""
     t = x.teacher_probs.detach()
     kl_rows = (t * (torch.log(t.clamp_min(1e-30)) - x.forget_logp)).sum(-1)
     return Terms(kl_rows.mean(), retain_nll(x))
+
+
+# name -> objective; the same kind of registry as mechedit.localize.METHODS (direct references)
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective.of("edit", edit_objective, ("target", "retain")),
+    Objective.of("ga", gradient_ascent),
+    Objective.of("gradiff", gradient_difference, ("retain",)),
+    Objective.of("ga-kl", gradient_ascent_kl, ("retain", "retain_ref")),
+    Objective.of("npo", negative_preference, ("retain", "forget_ref")),
+    Objective.of("rlabel", random_label, ("retain", "random")),
+    Objective.of("log1-p", log_one_minus_p, ("retain",)),
+    Objective.of("causal-teacher", causal_teacher, ("retain", "teacher")),
+)}

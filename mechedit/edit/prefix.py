@@ -17,8 +17,9 @@ import sys
 import torch
 from jaxtyping import Float, Int
 
-from mechedit.edit.data import pad_left
 from mechedit.models import hf_model_of
+from mechedit.tokens import pad_left
+from patching.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ CHECK_ROWS = 4
 CHECK_ATOL = 1e-4
 
 
-def full_hidden(model, ids: Int[torch.Tensor, "b t"], mask: Int[torch.Tensor, "b t"]) -> Float[torch.Tensor, "b t d"]:
+def full_hidden(
+    model: Model, ids: Int[torch.Tensor, "b t"], mask: Int[torch.Tensor, "b t"]
+) -> Float[torch.Tensor, "b t d"]:
     """Final (normed) hidden states of the HF model under the bridge (callers unembed the positions they need)."""
     return hf_model_of(model).model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
@@ -102,13 +105,7 @@ class PrefixCache:
         return ok
 
     def _fast(self, items: list[tuple[str, int]]):
-        xs = [self.cache[n][i] for n, i in items]
-        width = max(len(x) for x in xs)
-        x = torch.zeros(len(xs), width, xs[0].shape[-1], dtype=xs[0].dtype)
-        mask = torch.zeros(len(xs), width, dtype=torch.long)
-        for r, v in enumerate(xs):
-            x[r, width - len(v):] = v
-            mask[r, width - len(v):] = 1
+        x, mask = pad_left([self.cache[n][i] for n, i in items])
         return _from_layer(self.model, self.start, x, mask), mask
 
     def hidden(self, items: list[tuple[str, int]]) -> tuple[Float[torch.Tensor, "b t d"], Int[torch.Tensor, "b t"]]:

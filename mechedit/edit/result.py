@@ -10,24 +10,27 @@ On disk (``save(dir)``): ``delta.safetensors`` (``old/<name>``, ``new/<name>``, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mechedit.edit.config import EditConfig, EditError
 from mechedit.localize.localization import Localization
 from mechedit.models import fingerprint, hf_parameters
+from mechedit.results import SavedResult
+from mechedit.validate import read_json, require_keys
+from patching.model import Model
 
-FORMAT_VERSION = 1
 TENSORS_FILE = "delta.safetensors"
 META_FILE = "edit.json"
 
 
 @dataclass
-class EditResult:
+class EditResult(SavedResult):
     """The weight change made by ``edit`` (only trained tensors), how it was made, and its training log."""
 
     objective: str
@@ -42,6 +45,8 @@ class EditResult:
     index: dict[str, torch.Tensor | None]  # name -> owned flat indices, None for whole tensors
     shapes: dict[str, tuple[int, ...]]
     extra: dict = field(default_factory=dict)  # e.g. wall time, fluency-text source, fact counts
+
+    FILENAME: ClassVar[str] = META_FILE
 
     # ------------------------------------------------------------------ views
     @property
@@ -103,32 +108,30 @@ class EditResult:
             else:
                 p.view(-1)[self.index[name]] = values[name]
 
-    def apply(self, model) -> None:
+    def apply(self, model: Model) -> None:
         """Write the edited values into ``model`` (which must be this edit's base model), in place."""
         if self._state(model) == "edited":
             raise EditError("this edit is already applied to the model")
         self._write(model, self.new)
 
-    def revert(self, model) -> None:
+    def revert(self, model: Model) -> None:
         """Restore the original values in ``model`` (which must carry this edit), bit-exactly, in place."""
         if self._state(model) == "base":
             raise EditError("the model does not carry this edit (its edited entries hold the original values)")
         self._write(model, self.old)
 
     # ------------------------------------------------------------------ I/O
-    def metadata(self) -> dict:
-        """The JSON part of the saved result."""
+    def to_dict(self) -> dict:
+        """The JSON part of the saved result (edit.json); the tensors go to delta.safetensors."""
         return {
-            "format_version": FORMAT_VERSION, "objective": self.objective, "config": self.config.to_dict(),
+            "objective": self.objective, "config": self.config.to_dict(),
             "localization": self.localization.to_dict(), "base_fingerprint": self.base_fingerprint,
             "edited_fingerprint": self.edited_fingerprint, "n_params_trained": self.n_params_trained,
             "shapes": {k: list(v) for k, v in self.shapes.items()}, "log": self.log, "extra": self.extra,
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``delta.safetensors`` and ``edit.json`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
-
+    def save(self, directory: str | Path) -> Path:  # type: ignore[override]  # always a directory
+        """Write ``delta.safetensors`` and ``edit.json`` into ``directory`` (created if needed); returns it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {}
@@ -138,25 +141,21 @@ class EditResult:
             if self.index[name] is not None:
                 tensors[f"index/{name}"] = self.index[name].contiguous()
         save_file(tensors, str(directory / TENSORS_FILE))
-        (directory / META_FILE).write_text(json.dumps(self.metadata(), indent=1))
+        super().save(directory)
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, model=None) -> EditResult:
+    def load(cls, directory: str | Path, model: Model | None = None) -> EditResult:  # type: ignore[override]
         """Read a saved result; with ``model``, refuse unless the model is its base (or already carries it)."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory}: no such edit directory")
         if not (directory / META_FILE).is_file() or not (directory / TENSORS_FILE).is_file():
             raise FileNotFoundError(f"{directory} is not an edit directory (needs {META_FILE} and {TENSORS_FILE})")
-        from mechedit.validate import read_json, require_keys
-
         meta_path = directory / META_FILE
         meta = read_json(meta_path, "edit metadata")
-        if isinstance(meta, dict) and meta.get("format_version") != FORMAT_VERSION:
-            raise EditError(f"{meta_path}: unsupported edit format version {meta.get('format_version')!r}")
+        if isinstance(meta, dict):
+            cls.check_version(meta, meta_path)
         require_keys(meta, ("objective", "config", "localization", "base_fingerprint", "edited_fingerprint",
                             "n_params_trained", "shapes", "log"), str(meta_path))
         try:
@@ -164,20 +163,10 @@ class EditResult:
         except Exception as exc:  # safetensors raises its own error type (or OSError) for a truncated file
             raise EditError(f"{directory / TENSORS_FILE}: unreadable ({' '.join(str(exc).split())})") from None
         try:
-            shapes = {k: tuple(int(x) for x in v) for k, v in meta["shapes"].items()}
-            missing = [f"{kind}/{n}" for n in shapes for kind in ("old", "new") if f"{kind}/{n}" not in tensors]
-            if missing:
-                raise EditError(f"{directory / TENSORS_FILE}: lacks tensor(s) {', '.join(missing[:3])}")
-            result = cls(
-                objective=meta["objective"], config=EditConfig.from_dict(meta["config"]),
-                localization=Localization.from_dict(meta["localization"]), base_fingerprint=meta["base_fingerprint"],
-                edited_fingerprint=meta["edited_fingerprint"], n_params_trained=int(meta["n_params_trained"]),
-                log=meta["log"], old={n: tensors[f"old/{n}"] for n in shapes},
-                new={n: tensors[f"new/{n}"] for n in shapes},
-                index={n: tensors.get(f"index/{n}") for n in shapes}, shapes=shapes, extra=meta.get("extra", {}),
-            )
+            result = cls.from_dict(meta, tensors)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise EditError(f"{meta_path}: malformed edit metadata ({exc})") from None
+        shapes = result.shapes
         for n in shapes:
             idx = result.index[n]
             expect = shapes[n] if idx is None else tuple(idx.shape)
@@ -186,6 +175,23 @@ class EditResult:
         if model is not None:
             result._state(model)
         return result
+
+    @classmethod
+    def from_dict(cls, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> EditResult:
+        """Inverse of ``to_dict`` given the tensors of delta.safetensors (``old/``, ``new/``, ``index/<name>``)."""
+        if tensors is None:
+            raise EditError("an EditResult needs its tensors (delta.safetensors) besides edit.json; use load(dir)")
+        shapes = {k: tuple(int(x) for x in v) for k, v in meta["shapes"].items()}
+        missing = [f"{kind}/{n}" for n in shapes for kind in ("old", "new") if f"{kind}/{n}" not in tensors]
+        if missing:
+            raise EditError(f"{TENSORS_FILE}: lacks tensor(s) {', '.join(missing[:3])}")
+        return cls(
+            objective=meta["objective"], config=EditConfig.from_dict(meta["config"]),
+            localization=Localization.from_dict(meta["localization"]), base_fingerprint=meta["base_fingerprint"],
+            edited_fingerprint=meta["edited_fingerprint"], n_params_trained=int(meta["n_params_trained"]),
+            log=meta["log"], old={n: tensors[f"old/{n}"] for n in shapes}, new={n: tensors[f"new/{n}"] for n in shapes},
+            index={n: tensors.get(f"index/{n}") for n in shapes}, shapes=shapes, extra=meta.get("extra", {}),
+        )
 
 
 def compose(results: Sequence[EditResult]) -> EditResult:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mechedit.components import check_in_range, trainable_masks
 from mechedit.edit.config import EditConfig, EditError
-from mechedit.edit.data import EditData, pad_left, prepare, token_rows
+from mechedit.edit.data import EditData, prepare, token_rows
 from mechedit.edit.masking import TrainableSet
 from mechedit.edit.objectives import Objective, ObjectiveInputs, get_objective
 from mechedit.edit.prefix import PrefixCache, full_hidden
@@ -34,6 +34,8 @@ from mechedit.edit.teacher import replacement_subjects, teacher_distribution
 from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization
 from mechedit.models import fingerprint, hf_model_of
+from mechedit.tokens import pad_left
+from patching.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,13 @@ REF_BATCH = 64
 # ---------------------------------------------------------------------- forward passes
 
 
-def log_probs(model, h: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
+def log_probs(model: Model, h: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
     """Next-token log-probabilities from final hidden states (the unembedding is never trained)."""
     return F.log_softmax(hf_model_of(model).lm_head(h).float(), dim=-1)
 
 
 @torch.no_grad()
-def reference_hidden(model, rows: list[list[int]], pad_id: int, last_only: bool) -> list[torch.Tensor]:
+def reference_hidden(model: Model, rows: list[list[int]], pad_id: int, last_only: bool) -> list[torch.Tensor]:
     """Original-model final hidden states per row: [d] at the last token, or [len, d] at every token."""
     out: list[torch.Tensor] = []
     for s in range(0, len(rows), REF_BATCH):
@@ -71,7 +73,7 @@ def _next_token_probs(model, pad_id: int) -> Callable[[list[str]], torch.Tensor]
 
 
 @torch.no_grad()
-def build_teacher(model, data: EditData, facts: FactSet, cfg: EditConfig, progress: bool) -> torch.Tensor:
+def build_teacher(model: Model, data: EditData, facts: FactSet, cfg: EditConfig, progress: bool) -> torch.Tensor:
     """Causal-teacher distributions for the forget facts (replacements: retain subjects first, then others)."""
     maintain = [f.subject for f in data.split.retain] if data.split is not None and data.split.retain else []
     forget_subjects = [f.subject for f in data.forget]
@@ -199,7 +201,7 @@ def cap_step_tokens(cfg: EditConfig, data: EditData, max_tokens: int = MAX_STEP_
 
 
 def edit(
-    model, facts: FactSet, localization: Localization, objective: str | Objective = "edit",
+    model: Model, facts: FactSet, localization: Localization, objective: str | Objective = "edit",
     config: EditConfig | None = None, *, progress: bool = True,
 ) -> EditResult:
     """Fine-tune only ``localization``'s components of ``model`` (IN PLACE) so the forget facts change.
@@ -258,7 +260,7 @@ def edit(
 
 
 def edit_sequence(
-    model, rounds: Sequence[FactSet], localize: Localization | Callable[[object, FactSet], Localization],
+    model: Model, rounds: Sequence[FactSet], localize: Localization | Callable[[object, FactSet], Localization],
     objective: str | Objective = "edit", config: EditConfig | None = None, *, progress: bool = True,
 ) -> list[EditResult]:
     """Sequential editing: one ``edit`` per fact set, in order, on the same model (in place).

@@ -8,6 +8,8 @@ import torch
 from jaxtyping import Float, Int
 
 from mechedit.facts import FactError
+from mechedit.tokens import pad_left
+from patching.model import Model
 
 
 def answer_batch(
@@ -29,20 +31,12 @@ def answer_batch(
             raise FactError(f"answer {a!r} tokenizes to nothing")
         rows.append(p_ids + a_ids)
         labels.append([-100] * len(p_ids) + a_ids)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    lab = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (r, la) in enumerate(zip(rows, labels, strict=True)):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-        lab[i, width - len(r):] = torch.tensor(la)
-    return ids, mask, lab
+    ids, mask = pad_left(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    return ids, mask, pad_left(labels, -100)[0]
 
 
 def answer_loss(
-    model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
+    model: Model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
     labels: Int[torch.Tensor, "batch pos"],
 ) -> Float[torch.Tensor, ""]:
     """Mean next-token cross-entropy over the labelled (answer) tokens; padding never contributes."""

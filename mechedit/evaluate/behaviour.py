@@ -25,6 +25,7 @@ from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
 from mechedit.scoring import ChoiceItem, ChoiceScores, render_items, score_items
 from mechedit.tokens import candidate_token_ids, encode
+from patching.model import Model
 
 
 @dataclass
@@ -135,7 +136,7 @@ def _per_fact(s: ChoiceScores | None, facts: Sequence[Fact], name: str, flip: bo
 
 @torch.no_grad()
 def score_behaviour(
-    model, facts: FactSet, *, seed: int = 0, n_shots: int = 3, max_maintain: int | None = 256,
+    model: Model, facts: FactSet, *, seed: int = 0, n_shots: int = 3, max_maintain: int | None = 256,
     mcq_style: str = "text", batch_size: int = 64, progress: bool = True, split: MaintainSplit | None = None,
 ) -> Behaviour:
     """Score ``model`` on the forget/edit facts (prompt, paraphrases, few-shot MCQ, neighbourhood) and maintain facts.
@@ -220,7 +221,7 @@ def score_behaviour(
 
 @torch.no_grad()
 def next_token_kl(
-    original, edited, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True
+    original: Model, edited: Model, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True
 ) -> Float[torch.Tensor, " n_texts"]:
     """Mean over real (non-pad) positions of KL(original ‖ edited) next-token distributions, per text."""
     if not texts:
@@ -238,12 +239,14 @@ def next_token_kl(
     return out
 
 
-def fluency_kl(original, edited, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True) -> float:
+def fluency_kl(
+    original: Model, edited: Model, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True
+) -> float:
     """Mean next-token KL(original ‖ edited) on generic text: 0 when the edit leaves general language untouched."""
     return float(next_token_kl(original, edited, texts, batch_size=batch_size, progress=progress).mean())
 
 
-def choose_shots(model, facts: FactSet, options: Sequence[int] = (3, 0), *, seed: int = 0, n_facts: int = 64,
+def choose_shots(model: Model, facts: FactSet, options: Sequence[int] = (3, 0), *, seed: int = 0, n_facts: int = 64,
                  batch_size: int = 64) -> tuple[int, dict[int, float]]:
     """The few-shot count (of ``options``) giving ``model`` the best MCQ accuracy on a sample of maintain facts.
 

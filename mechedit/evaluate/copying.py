@@ -16,15 +16,17 @@ import copy
 
 import torch
 
+from patching.model import Model
 
-def clear_captures(model) -> None:
+
+def clear_captures(model: Model) -> None:
     """Drop TransformerLens's transient per-forward captures (never weights or hooks)."""
     for module in model.modules():
         if isinstance(getattr(module, "_captured_pre_ln_residual", None), torch.Tensor):
             module._captured_pre_ln_residual = None
 
 
-def clone_model(model):
+def clone_model(model: Model):
     """A deep copy of ``model`` with its own parameters (see the module docstring)."""
     clear_captures(model)
     return copy.deepcopy(model)

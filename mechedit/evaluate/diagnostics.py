@@ -25,10 +25,13 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from mechedit.components import model_shape
+from mechedit.evaluate.answers import answer_batch, answer_loss
+from mechedit.evaluate.copying import clear_captures
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import hf_parameters, model_info
 from mechedit.tokens import encode
+from patching.model import Model, arch
+from probes import collect_activations
 
 Pooling = Literal["last", "mean"]
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -37,18 +40,16 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 # ---------------------------------------------------------------------- features
 
 
-def resid_hooks(model) -> list[str]:
+def resid_hooks(model: Model) -> list[str]:
     """``blocks.{L}.hook_resid_post`` for every layer."""
-    return [f"blocks.{layer}.hook_resid_post" for layer in range(model_shape(model).n_layers)]
+    return [f"blocks.{layer}.hook_resid_post" for layer in range(arch(model).n_layers)]
 
 
 @torch.no_grad()
 def layer_features(
-    model, texts: Sequence[str], *, pooling: Pooling = "last", batch_size: int = 32, progress: bool = True
+    model: Model, texts: Sequence[str], *, pooling: Pooling = "last", batch_size: int = 32, progress: bool = True
 ) -> Float[torch.Tensor, "layer n d_model"]:
     """Residual stream after every block for each text: at the last token, or mean-pooled (pad and position 0 out)."""
-    from probes import collect_activations
-
     if pooling not in ("last", "mean"):
         raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
     if not texts:
@@ -58,7 +59,7 @@ def layer_features(
     if pooling == "last":
         return collect_activations(model, b.input_ids, b.attention_mask, b.last, hooks, batch_size=batch_size,
                                    progress=progress)
-    out = torch.zeros(len(hooks), len(texts), model_shape(model).d_model)
+    out = torch.zeros(len(hooks), len(texts), arch(model).d_model)
     state: dict = {}
 
     def make_hook(i: int):
@@ -135,14 +136,12 @@ def pca_shift(X_ref: Float[torch.Tensor, "n d"], X: Float[torch.Tensor, "n d"], 
 
 
 def diagonal_fisher(
-    model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 4, progress: bool = True
+    model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 4, progress: bool = True
 ) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher: mean over batches of squared gradients of the answer-token loss (pad masked).
 
     Gradients are taken with ``torch.autograd.grad`` so the model's ``.grad`` fields and weights stay untouched.
     """
-    from mechedit.evaluate.answers import answer_batch, answer_loss
-
     ids, mask, labels = answer_batch(model.tokenizer, prompts, answers, model_info(model).prepend_bos)
     named = list(hf_parameters(model).items())  # plain HF names, so models match by exact name
     params = [p for _, p in named]
@@ -164,7 +163,6 @@ def diagonal_fisher(
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
-        from mechedit.evaluate.copying import clear_captures
 
         clear_captures(model)  # release the autograd graph TransformerLens kept in its per-forward captures
     return {n: f / len(chunks) for (n, _), f in zip(named, fisher, strict=True)}
@@ -235,16 +233,16 @@ def diagnostic_texts(facts: Sequence[Fact]) -> list[str]:
 
 
 def diagnose(
-    original, edited, facts: FactSet | Sequence[Fact], *, relearned=None, pooling: Pooling = "last",
-    fisher: bool = True, batch_size: int = 32, progress: bool = True,
+    original: Model, edited: Model, facts: FactSet | Sequence[Fact], *, relearned: Model | None = None,
+    pooling: Pooling = "last", fisher: bool = True, batch_size: int = 32, progress: bool = True,
 ) -> Diagnostics:
     """PCA similarity/shift, CKA and Fisher per layer, on ``facts`` (usually the forget set) for both models."""
     facts = list(facts)
     texts = diagnostic_texts(facts)
     if len(texts) < 3:
         raise FactError(f"representation diagnostics need at least 3 prompts, got {len(texts)}")
-    n_layers = model_shape(original).n_layers
-    if model_shape(edited).n_layers != n_layers:
+    n_layers = arch(original).n_layers
+    if arch(edited).n_layers != n_layers:
         raise ValueError("original and edited models have different numbers of layers")
     feats = {"original": layer_features(original, texts, pooling=pooling, batch_size=batch_size, progress=progress),
              "edited": layer_features(edited, texts, pooling=pooling, batch_size=batch_size, progress=progress)}

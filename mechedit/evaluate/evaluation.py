@@ -1,9 +1,10 @@
 """``evaluate``: behaviour, relearning attack, latent probes, representation diagnostics and the verdict of one edit.
 
-``metrics.json`` (``Evaluation.save``) holds the documented metric keys at the top level — each a number in [0, 1] or
-``null`` when there was nothing to measure (never 0 for "not measured") — plus the renormalized probabilities
+``metrics.json`` (``Evaluation.save``) holds the headline keys (``METRIC_KEYS``) at the top level — each a number in
+[0, 1] or ``null`` when there was nothing to measure (never 0 for "not measured") — plus the renormalized probabilities
 and the sections ``behaviour``, ``original_behaviour``, ``relearn``, ``latent``, ``diagnostics``, ``verdict_inputs``
-and ``meta`` with the per-layer lists, curves and every number the verdict used.
+and ``extra`` (free-form: facts source, MCQ shots, timings) with the per-layer lists, curves and every number
+the verdict used.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from mechedit.components import model_shape
+from mechedit.edit import EditError
+from mechedit.edit.fluency import fluency_split
 from mechedit.edit.split import (
     EVAL_FRACTION,
     MaintainSplit,
@@ -27,14 +30,18 @@ from mechedit.edit.split import (
 )
 from mechedit.evaluate.behaviour import Behaviour, choose_shots, fluency_kl, next_token_kl, score_behaviour
 from mechedit.evaluate.copying import clone_model
+from mechedit.evaluate.diagnostics import Diagnostics, diagnose
 from mechedit.evaluate.latent import LatentProbes, latent_probes
 from mechedit.evaluate.relearn import RelearnConfig, RelearnResult, relearn_attack
 from mechedit.evaluate.verdict import Verdict, VerdictRule, decide
 from mechedit.facts import FactError, FactSet
 from mechedit.models import fingerprint, model_info
+from mechedit.results import SavedResult
 from mechedit.stats import chance_accuracy
+from mechedit.validate import atomic_write_text
+from patching.model import Model, arch
 
-# the documented metric keys (README, Verification), in order, then the renormalized probabilities
+# the headline metric keys of metrics.json, in order (PROB_KEYS: the renormalized probabilities and more)
 METRIC_KEYS = ("forget_accuracy", "edit_accuracy", "maintain_accuracy", "paraphrase_edit_accuracy",
               "mcq_forget_error", "mcq_edit_accuracy", "neighborhood_accuracy", "relearn_accuracy",
               "latent_probe_accuracy", "fluency_kl", "verdict", "n_params_trained")
@@ -44,7 +51,7 @@ PROB_KEYS = ("forget_prob", "edit_prob", "maintain_prob", "paraphrase_forget_acc
 
 
 @dataclass
-class Evaluation:
+class Evaluation(SavedResult):
     """Everything ``evaluate`` measured; ``to_dict`` is the metrics.json layout."""
 
     behaviour: Behaviour
@@ -52,11 +59,13 @@ class Evaluation:
     fluency_kl: float | None = None  # mean next-token KL(original ‖ edited) on held-out generic text
     relearn: RelearnResult | None = None
     latent: LatentProbes | None = None
-    diagnostics: object | None = None  # mechedit.evaluate.diagnostics.Diagnostics
+    diagnostics: Diagnostics | None = None
     verdict: Verdict | None = None
     n_params_trained: int | None = None
-    meta: dict = field(default_factory=dict)
     fluency: dict | None = None  # held-out per-text KL, the training-half KL, text counts, source, note
+    extra: dict = field(default_factory=dict)
+
+    FILENAME: ClassVar[str] = "metrics.json"
 
     @property
     def latent_probe_accuracy(self) -> list[float] | None:
@@ -101,21 +110,19 @@ class Evaluation:
         d["latent"] = None if self.latent is None else self.latent.to_dict()
         d["diagnostics"] = None if self.diagnostics is None else self.diagnostics.to_dict()
         d["verdict_inputs"] = None if self.verdict is None else self.verdict.to_dict()
-        d["meta"] = self.meta
         d["fluency"] = self.fluency
+        d["extra"] = self.extra
         return _jsonable(d)
 
     def save(self, path: str | Path) -> Path:
-        """Write metrics.json."""
-        from mechedit.validate import atomic_write_text
-
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        """Write metrics.json into directory ``path`` or to the ``.json`` file ``path`` (atomically)."""
+        target = self.file_in(path)
+        return atomic_write_text(target, json.dumps({"format_version": self.FORMAT_VERSION, **self.to_dict()},
+                                                    indent=1))
 
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:
         """Inverse of ``to_dict`` (the relearned model is not stored)."""
-        from mechedit.evaluate.diagnostics import Diagnostics
-
         def build(kind, value):
             return None if value is None else kind(**value)
 
@@ -124,13 +131,9 @@ class Evaluation:
             fluency_kl=d.get("fluency_kl"), relearn=build(RelearnResult, d.get("relearn")),
             latent=build(LatentProbes, d.get("latent")), diagnostics=build(Diagnostics, d.get("diagnostics")),
             verdict=build(Verdict, d.get("verdict_inputs")), n_params_trained=d.get("n_params_trained"),
-            meta=d.get("meta", {}), fluency=d.get("fluency"),
+            fluency=d.get("fluency"),
+            extra=d.get("extra", d.get("meta", {})),  # "meta": files written before the field was renamed
         )
-
-    @classmethod
-    def load(cls, path: str | Path) -> Evaluation:
-        """Read metrics.json."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def latent_summary(lat: LatentProbes | None) -> dict:
@@ -161,18 +164,17 @@ def _jsonable(x):
     return x
 
 
-def resolve_models(model, edit=None, original=None) -> tuple[object, object | None, bool]:
+def resolve_models(model: Model, edit=None, original: Model | None = None) -> tuple[object, object | None, bool]:
     """(edited, original, made_copy): which model is which, applying or reverting ``edit`` on a **copy**.
 
     With ``edit``, ``model`` may be its base model (an edited copy is made) or already carry it (the original
     is rebuilt on a copy by reverting); any other model raises EditError naming both fingerprints.
     """
     if edit is None:
-        if original is not None and model_shape(original) != model_shape(model):
-            raise ValueError(f"original and edited models differ in architecture: {model_shape(original)} vs "
-                             f"{model_shape(model)}")
+        if original is not None and arch(original) != arch(model):
+            raise ValueError(f"original and edited models differ in architecture: {arch(original)} vs "
+                             f"{arch(model)}")
         return model, original, False
-    from mechedit.edit import EditError
 
     fp = fingerprint(model)
     if original is not None and fingerprint(original) != edit.base_fingerprint:
@@ -193,7 +195,7 @@ def resolve_models(model, edit=None, original=None) -> tuple[object, object | No
 
 
 def evaluate(
-    model, facts: FactSet, edit=None, original=None, *, seed: int = 0, relearn: bool = False,
+    model: Model, facts: FactSet, edit=None, original: Model | None = None, *, seed: int = 0, relearn: bool = False,
     relearn_config: RelearnConfig | None = None, latent: bool = True, diagnostics: bool = False,
     fluency_text: str = "auto", n_shots: int | None = None, max_maintain: int | None = 256,
     rule: VerdictRule | None = None, batch_size: int = 64, progress: bool = True,
@@ -239,7 +241,7 @@ def evaluate(
                                       "held-out numbers for it")
     kw = dict(seed=seed, n_shots=n_shots, max_maintain=max_maintain, batch_size=batch_size, progress=progress,
               split=split)
-    ev = Evaluation(behaviour=timed("behaviour", score_behaviour, edited, facts, **kw), meta=ev_meta)
+    ev = Evaluation(behaviour=timed("behaviour", score_behaviour, edited, facts, **kw), extra=ev_meta)
     if original is not None:
         ev.original_behaviour = original_behaviour or timed("original_behaviour", score_behaviour, original, facts,
                                                             **kw)
@@ -248,7 +250,7 @@ def evaluate(
         ev.fluency = timed("fluency", heldout_fluency, original, edited, split, fluency_text, split_seed, fraction,
                            progress=progress)
         ev.fluency_kl = ev.fluency["heldout"]
-        ev.meta["fluency_text"] = ev.fluency["source"]
+        ev.extra["fluency_text"] = ev.fluency["source"]
     relearned = None
     if relearn:
         try:
@@ -256,20 +258,18 @@ def evaluate(
                         keep_model=diagnostics, progress=progress)
             ev.relearn, relearned = out if diagnostics else (out, None)
         except FactError as e:  # too few forget facts to split: the signal is null, the evaluation goes on
-            ev.meta["relearn_note"] = str(e)
+            ev.extra["relearn_note"] = str(e)
     if latent and original is not None:
         first = None if edit is None else min((c.layer for c in edit.localization.components), default=None)
         ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
                            train_facts=latent_train, first_edited_layer=first)
     if diagnostics and original is not None:
-        from mechedit.evaluate.diagnostics import diagnose
-
         ev.diagnostics = timed("diagnostics", diagnose, original, edited, facts.forget_set(),
                                relearned=relearned, progress=progress)
     relearned = None  # free the relearned copy
     ev.verdict = verdict_of(ev, facts, rule)
     ev.n_params_trained = None if edit is None else int(edit.n_params_trained)
-    ev.meta.update({
+    ev.extra.update({
         "model": model_info(original if original is not None else edited).name,
         "base_fingerprint": None if original is None else fingerprint(original),
         "edited_fingerprint": fingerprint(edited), "facts": facts.name, "n_facts": len(facts), "seed": seed,
@@ -293,11 +293,9 @@ def heldout_split(facts: FactSet, edit=None, seed: int = 0, retain_keys: Collect
     return split_maintain(maintain, split_seed, fraction), split_seed, fraction
 
 
-def heldout_fluency(original, edited, split: MaintainSplit, source: str, seed: int, fraction: float, *,
+def heldout_fluency(original: Model, edited: Model, split: MaintainSplit, source: str, seed: int, fraction: float, *,
                     progress: bool = True) -> dict:
     """Fluency KL on the held-out texts (``heldout``, per text in ``heldout_per_text``) and on the training half."""
-    from mechedit.edit.fluency import fluency_split
-
     train, held, desc = fluency_split(original, split, source, seed, fraction)
     per_text = next_token_kl(original, edited, held, progress=progress).tolist() if held else None
     out = {"source": desc, "heldout": None if per_text is None else float(np.mean(per_text)),

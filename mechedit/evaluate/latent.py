@@ -39,11 +39,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from mechedit.components import model_shape
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import hf_model_of, model_info
-from mechedit.stats import bootstrap_ci
+from mechedit.stats import bootstrap_ci, chance_accuracy, majority_chance
 from mechedit.tokens import encode, first_token_id
+from patching.model import Model, arch
+from probes import LogisticProbe, ProbeConvergenceWarning, RidgeProbe, collect_activations, stratified_split
 
 POSITIONS = ("subject_last", "last")
 MIN_PER_CLASS = 4  # a categorical class needs this many maintain facts (>= 2 on each side of the split)
@@ -98,14 +99,12 @@ class LatentProbes:
         return None if self.selected is None else self.selected["before"]["mean"]
 
 
-def _features(model, facts: list[Fact], batch_size: int, progress: bool) -> torch.Tensor:
+def _features(model: Model, facts: list[Fact], batch_size: int, progress: bool) -> torch.Tensor:
     """Residual stream after every block at (last subject token, last token): [layer, n, 2, d]."""
-    from probes import collect_activations
-
     b = encode(model.tokenizer, [f.render() for f in facts], [f.subject for f in facts],
                prepend_bos=model_info(model).prepend_bos)
     pos = torch.stack([b.subject_last, b.last], 1)
-    hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(model_shape(model).n_layers)]
+    hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(arch(model).n_layers)]
     return collect_activations(model, b.input_ids, b.attention_mask, pos, hooks, batch_size=batch_size,
                                progress=progress)
 
@@ -120,9 +119,8 @@ def _unstack(values: np.ndarray, n_layers: int) -> dict[str, np.ndarray]:
     return {pos: values[k * n_layers:(k + 1) * n_layers] for k, pos in enumerate(POSITIONS)}
 
 
-def _fit(X: torch.Tensor, y: np.ndarray, C: float):
-    from probes import LogisticProbe, ProbeConvergenceWarning
-
+def _fit(X: torch.Tensor, y: np.ndarray, C: float) -> LogisticProbe:
+    """A logistic probe per (position, layer); convergence warnings are silenced (probes are judged held-out)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProbeConvergenceWarning)
         return LogisticProbe(C=C, max_iter=300).fit(X, y)
@@ -179,8 +177,6 @@ class _OpenVocab:
         return [torch.stack([self._vec(c) for c in f.candidates]) for f in facts]
 
     def fit(self, X, facts, X_held, held) -> np.ndarray:
-        from probes import RidgeProbe
-
         self.probe = RidgeProbe().fit(X, torch.stack([self._vec(f.answer) for f in facts]))
         self.probe.choose_alpha(X_held, self._cands(held), [f.candidates.index(f.answer) for f in held])
         return self.hits(X_held, held, "answer")
@@ -199,8 +195,6 @@ def _plan(rel: str, group: FactSet, pool: list[Fact], seed: int, max_train: int)
     name = f"relation {rel or '-'!r}"
     rng = random.Random(f"latent-{seed}-{rel}")
     if all(counts.get(f.answer, 0) >= MIN_PER_CLASS for f in group):
-        from probes import stratified_split
-
         cat = [f for f in pool if counts[f.answer] >= MIN_PER_CLASS]
         rng.shuffle(cat)
         cat = cat[:max_train]
@@ -224,9 +218,7 @@ def _plan(rel: str, group: FactSet, pool: list[Fact], seed: int, max_train: int)
 
 def _chance(facts: list[Fact], kind: str) -> float:
     """Best constant prediction's accuracy on ``facts`` (most common answer's share, at least uniform)."""
-    answers = [f.answer for f in facts]
-    top = max(answers.count(a) for a in set(answers)) / len(answers)
-    return max(top, float(np.mean([1 / max(1, len(f.candidates)) for f in facts])))
+    return max(majority_chance([f.answer for f in facts]), chance_accuracy([max(1, len(f.candidates)) for f in facts]))
 
 
 def _identical_layers(A: torch.Tensor, B: torch.Tensor) -> list[bool]:
@@ -235,8 +227,8 @@ def _identical_layers(A: torch.Tensor, B: torch.Tensor) -> list[bool]:
 
 
 def latent_probes(
-    original, edited, facts: FactSet, *, seed: int = 0, max_train: int = 400, C: float = 1.0, fresh: bool = True,
-    batch_size: int = 32, progress: bool = True, train_facts: FactSet | None = None,
+    original: Model, edited: Model, facts: FactSet, *, seed: int = 0, max_train: int = 400, C: float = 1.0,
+    fresh: bool = True, batch_size: int = 32, progress: bool = True, train_facts: FactSet | None = None,
     first_edited_layer: int | None = None,
 ) -> LatentProbes:
     """Probe the true (and new) answers of the forget facts in ``edited`` at every layer (see module docstring).
@@ -247,7 +239,7 @@ def latent_probes(
     if not any(f.changes for f in facts):
         raise FactError(f"fact set '{facts.name}' has no forget facts to probe")
     forget = facts.forget_set()
-    n_layers = model_shape(original).n_layers
+    n_layers = arch(original).n_layers
     if len(forget) == len(facts) and train_facts is None:
         return LatentProbes(reason=f"no maintain facts (facts not marked to change) in '{facts.name}' to train "
                                    "probes on")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -31,7 +32,8 @@ from mechedit.evaluate.copying import clear_captures, clone_model
 from mechedit.facts import FactError, FactSet
 from mechedit.models import hf_model_of, model_info
 from mechedit.scoring import score_facts
-from mechedit.stats import bootstrap_ci, normalized
+from mechedit.stats import bootstrap_ci, chance_accuracy, normalized
+from patching.model import Model
 
 MODES = ("lora", "full")
 DEFAULT_LR = {"lora": 3e-3, "full": 1e-3}  # lora: best maintain and recovery of 3e-3, 1e-2, 3e-2 on factworld
@@ -123,11 +125,6 @@ def relearn_split(facts: FactSet) -> tuple[FactSet, FactSet, FactSet | None]:
     return first, second, facts.maintain_set() if len(forget) < len(facts) else None
 
 
-def chance_accuracy(facts: FactSet) -> float:
-    """Expected accuracy of a uniform guess over each fact's candidates."""
-    return float(np.mean([1.0 / len(f.candidates) for f in facts]))
-
-
 def recovery_score(after: float, chance: float, original: float | None) -> float | None:
     """(after − chance) / (original − chance), clipped to [0, 1]; None when the original was not above chance."""
     if original is None or original - chance <= 1e-9:
@@ -150,7 +147,7 @@ def shuffled_answers(answers: list[str], seed: int, tries: int = 200) -> list[st
     return best
 
 
-def _trainable(model, cfg: RelearnConfig):
+def _trainable(model: Model, cfg: RelearnConfig):
     """(parameters to train, peft model or None) on ``model`` (a private copy) for the configured mode."""
     hf = hf_model_of(model)
     if cfg.mode == "full":
@@ -158,7 +155,7 @@ def _trainable(model, cfg: RelearnConfig):
         for p in params:
             p.requires_grad_(True)
         return params, None
-    import peft
+    import peft  # imported on use: it loads transformers' PEFT integrations (seconds) that full mode never needs
 
     lcfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=cfg.targets, lora_dropout=0.0,
                            bias="none")
@@ -209,15 +206,13 @@ def _run(edited, prompts, answers, heldout, trained, tracked, cfg, seed, progres
 
 
 def relearn_attack(
-    edited, facts: FactSet, config: RelearnConfig | None = None, *, original=None, seed: int = 0,
-    keep_model: bool = False, progress: bool = True,
-):
+    edited: Model, facts: FactSet, config: RelearnConfig | None = None, *, original: Model | None = None,
+    seed: int = 0, keep_model: bool = False, progress: bool = True,
+) -> RelearnResult | tuple[RelearnResult, Model]:
     """Run the attack and its prior-only control on copies of ``edited`` (module docstring); ``edited`` is untouched.
 
     Returns a RelearnResult, or ``(RelearnResult, relearned model)`` when ``keep_model``.
     """
-    import time
-
     cfg = config or RelearnConfig()
     trained, heldout, maintain_pool = relearn_split(facts)
     n_maint, tracked = 0, None
@@ -249,7 +244,7 @@ def relearn_attack(
         t0 = time.perf_counter()
         ctl = _run(edited, prompts, ctl_answers, heldout, trained, tracked, cfg, seed, progress, "relearn control")
         seconds["control"] = time.perf_counter() - t0
-    chance = chance_accuracy(heldout)
+    chance = chance_accuracy([len(f.candidates) for f in heldout])
     orig, orig_per = None, None
     if original is not None:
         orig_per = np.asarray(score_facts(original, heldout).answer_correct, dtype=float)

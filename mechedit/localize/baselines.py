@@ -30,11 +30,12 @@ from typing import Literal
 
 import torch
 
-from mechedit.components import MLP, Attn, all_components, model_shape
+from mechedit.components import MLP, Attn, all_components
 from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization, budget_rule, fit_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, patch_setup, pick
 from patching.attribution import attribution_patch
+from patching.model import Model, arch
 from patching.tracing import causal_trace, rome_trace
 
 CAUSAL_TRACING_SAMPLES = 10  # noise draws; ROME uses 10 (see README for the stability measurement)
@@ -51,13 +52,13 @@ def _kinds(include_heads: bool) -> str:
 
 
 def localize_causal_tracing(
-    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
     max_facts: int | None = 64, n_samples: int = CAUSAL_TRACING_SAMPLES, window: int | None = None,
     fraction: float = 0.5,
 ) -> Localization:
     """Rank MLPs by ROME's causal trace: restore a window of clean MLP states at the last subject token."""
     if window is None:
-        window = default_window(model_shape(model).n_layers)
+        window = default_window(arch(model).n_layers)
     setup = patch_setup(model, facts, corruption="noise", max_facts=max_facts, seed=seed)
     b = setup.batch
     res = rome_trace(model, b.input_ids, b.attention_mask, b.subject_start, b.subject_last, setup.answer_ids,
@@ -72,7 +73,7 @@ def localize_causal_tracing(
 
 
 def localize_causal_tracing_mlp(
-    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
     max_facts: int | None = 64, n_samples: int = CAUSAL_TRACING_SAMPLES,
     positions: Literal["all", "subject_last"] = "all", include_heads: bool = False, fraction: float = 0.5,
     max_rows: int | None = None,
@@ -98,7 +99,7 @@ def localize_causal_tracing_mlp(
 
 
 def localize_attribution(
-    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
     max_facts: int | None = 64, corruption: CorruptionKind = "swap", include_heads: bool = False,
     fraction: float = 0.5,
 ) -> Localization:
@@ -114,7 +115,7 @@ def localize_attribution(
 
 
 def localize_random(
-    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
     include_heads: bool = False, n: int | None = None,
 ) -> Localization:
     """A seeded random choice of MLPs (and heads) cut to ``budget`` (or ``n`` MLPs without one)."""
@@ -127,7 +128,7 @@ def localize_random(
             raise ValueError(f"budget {budget:,} parameters is smaller than any single component")
         rule = budget_rule("seeded random order", rec)
     else:
-        k = n if n is not None else max(1, round(model_shape(model).n_layers / 4))
+        k = n if n is not None else max(1, round(arch(model).n_layers / 4))
         mlps = [c for c in order if isinstance(c, MLP)]
         if not 1 <= k <= len(mlps):
             raise ValueError(f"n must be between 1 and {len(mlps)} (the number of MLPs), got {k}")
@@ -137,17 +138,17 @@ def localize_random(
     return make_localization(model, "random", chosen, scores, budget=budget, extra={"rule": rule, "seed": seed})
 
 
-def localize_all_mlps(model, facts: FactSet, *, seed: int = 0, budget: int | None = None,
+def localize_all_mlps(model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None,
                       progress: bool = True) -> Localization:
     """Every MLP layer."""
     comps = all_components(model, ("mlp",))
     return make_localization(model, "all-mlps", comps, extra={"rule": "every MLP", "ignored_budget": budget})
 
 
-def localize_nonlocalized(model, facts: FactSet, *, seed: int = 0, budget: int | None = None,
+def localize_nonlocalized(model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None,
                           progress: bool = True) -> Localization:
     """Every MLP and attention layer: the whole model except embeddings, unembedding and norms."""
-    s = model_shape(model)
+    s = arch(model)
     comps = [c for layer in range(s.n_layers) for c in (Attn(layer), MLP(layer))]
     return make_localization(model, "nonlocalized", comps,
                              extra={"rule": "every MLP and attention layer (not embeddings/norms)",

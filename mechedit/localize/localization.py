@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from mechedit.components import (
     MLP,
@@ -16,23 +17,29 @@ from mechedit.components import (
     n_params,
     parse_component,
 )
+from mechedit.models import fingerprint
+from mechedit.results import SavedResult
+from mechedit.validate import atomic_write_text, read_json
+from patching.model import Model
 
 
 @dataclass
-class Localization:
+class Localization(SavedResult):
     """Components chosen by a localizer (``method``), their scores, and method-specific data.
 
-    ``scores`` maps component labels (``"mlp.3"``, ``"head.3.1"``) to the localizer's score, covering
-    every component that was ranked (not only the chosen ones). ``extra`` holds curves, chosen ranges and
-    the rule's parameters, so a reader can see why these components were chosen.
+    ``scores`` maps components (``MLP(3)``, ``Head(3, 1)``) to the localizer's score, covering every component
+    that was ranked (not only the chosen ones); labels such as ``"mlp.3"`` are only the JSON form. ``extra``
+    holds curves, chosen ranges and the rule's parameters, so a reader can see why these components were chosen.
     """
 
     method: str
     components: list[Component]
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[Component, float] = field(default_factory=dict)
     n_params: int = 0
     probe_accuracy: list[float] | None = None
     extra: dict = field(default_factory=dict)
+
+    FILENAME: ClassVar[str] = "loc.json"
 
     @property
     def mlps(self) -> list[MLP]:
@@ -48,11 +55,11 @@ class Localization:
         return sorted(c.layer for c in self.mlps)
 
     def to_dict(self) -> dict:
-        """The loc.json form documented in the README."""
+        """The loc.json form (keys: method, components, scores, n_params, extra[, probe_accuracy])."""
         d = {
             "method": self.method,
             "components": [component_to_dict(c) for c in self.components],
-            "scores": self.scores,
+            "scores": {str(c): v for c, v in self.scores.items()},
             "n_params": self.n_params,
             "extra": self.extra,
         }
@@ -68,38 +75,39 @@ class Localization:
                 raise ValueError(f"localization JSON lacks '{key}'")
         return cls(
             method=d["method"], components=[parse_component(c) for c in d["components"]],
-            scores={k: float(v) for k, v in d.get("scores", {}).items()}, n_params=int(d.get("n_params", 0)),
+            scores={parse_component(k): float(v) for k, v in d.get("scores", {}).items()},
+            n_params=int(d.get("n_params", 0)),
             probe_accuracy=d.get("probe_accuracy"), extra=d.get("extra", {}),
         )
 
-    def save(self, path: str | Path) -> None:
-        """Write loc.json (atomically: a temporary file renamed into place)."""
-        from mechedit.validate import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+    def save(self, path: str | Path) -> Path:
+        """Write loc.json into directory ``path`` or to the ``.json`` file ``path`` (atomically); returns the file."""
+        target = self.file_in(path)
+        atomic_write_text(target, json.dumps({"format_version": self.FORMAT_VERSION, **self.to_dict()}, indent=2))
+        return target
 
     @classmethod
     def load(cls, path: str | Path) -> Localization:
-        """Read loc.json; a malformed file is a ValueError naming it (and the line, for invalid JSON)."""
-        from mechedit.validate import read_json
-
-        d = read_json(path, "localization JSON")
+        """Read loc.json; a malformed file or another format version is a ValueError naming it."""
+        target = cls.file_in(path)
+        d = read_json(target, "localization JSON")
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a localization JSON object, got {type(d).__name__}")
+            raise ValueError(f"{target}: expected a localization JSON object, got {type(d).__name__}")
+        cls.check_version(d, target)
         try:
             return cls.from_dict(d)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"{path}: not a valid localization ({exc})") from None
+            raise ValueError(f"{target}: not a valid localization ({exc})") from None
 
 
-def make_localization(model, method: str, components: Sequence[Component], scores: dict[str, float] | None = None,
-                      budget: int | None = None, **kw) -> Localization:
-    """Build a Localization, counting the chosen components' parameters on ``model``; with ``budget``, how close
-    the count came to it is recorded in ``extra["budget"]``."""
-    from mechedit.models import fingerprint
-
+def make_localization(model: Model, method: str, components: Sequence[Component],
+                      scores: dict[Component, float] | dict[str, float] | None = None, budget: int | None = None,
+                      **kw) -> Localization:
+    """Build a Localization, counting the chosen components' parameters on ``model`` (score labels are parsed);
+    with ``budget``, how close the count came to it is recorded in ``extra["budget"]``."""
     comps = list(dict.fromkeys(components))
-    loc = Localization(method, comps, dict(scores or {}), n_params(model, comps), **kw)
+    scores = {parse_component(k) if isinstance(k, str) else k: float(v) for k, v in (scores or {}).items()}
+    loc = Localization(method, comps, scores, n_params(model, comps), **kw)
     loc.extra.setdefault("model_fingerprint", fingerprint(model))  # lets a reader refuse it for another model
     if budget is not None:
         loc.extra["budget"] = budget_record(budget, loc.n_params)
@@ -109,7 +117,7 @@ def make_localization(model, method: str, components: Sequence[Component], score
 BUDGET_TOLERANCE = 0.10  # a matched budget is met when the parameter count is within ±10 % of the target
 
 
-def fit_budget(model, ranked: Sequence[Component], budget: int) -> tuple[list[Component], dict]:
+def fit_budget(model: Model, ranked: Sequence[Component], budget: int) -> tuple[list[Component], dict]:
     """Components in rank order matched to ``budget`` parameters within ±10 %, and a record of how close it came.
 
     First the ranking is cut from below (``cut_to_budget``); if that stays under 90 % of the budget, the
@@ -144,8 +152,7 @@ def budget_rule(order: str, record: dict) -> str:
     return (f"{order}, matched to a budget of {record['target']:,} parameters (achieved {record['achieved']:,}, "
             f"ratio {record['ratio']:.2f})")
 
-
-def cut_to_budget(model, ranked: Sequence[Component], budget: int) -> list[Component]:
+def cut_to_budget(model: Model, ranked: Sequence[Component], budget: int) -> list[Component]:
     """Take components in rank order while the union's parameter count stays within ``budget``.
 
     A component that would overshoot is skipped and smaller later ones may still fit, so the result

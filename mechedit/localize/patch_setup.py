@@ -31,6 +31,7 @@ from mechedit.scoring import encode_items, last_logits, render_items
 from mechedit.tokens import PromptBatch
 from patching.corrupt import Corruption, gaussian_noise, random_subject_tokens, subject_mask, swap_subjects
 from patching.metrics import Metric, logit_diff
+from patching.model import Model
 
 CorruptionKind = Literal["swap", "random", "noise"]
 
@@ -56,7 +57,7 @@ def facts_to_localize(facts: FactSet, max_facts: int | None, seed: int) -> FactS
     return chosen
 
 
-def patch_setup(model, facts: FactSet, *, corruption: CorruptionKind = "swap", max_facts: int | None = 64,
+def patch_setup(model: Model, facts: FactSet, *, corruption: CorruptionKind = "swap", max_facts: int | None = 64,
                 seed: int = 0) -> PatchSetup:
     """Encode the facts, pick each one's runner-up answer, and build the corruption (see module docstring)."""
     if corruption not in ("swap", "random", "noise"):
@@ -114,7 +115,7 @@ def ranked_components(scores: dict[str, float], labels: Sequence[str]) -> list[C
     return [parse_component(k) for k in sorted(labels, key=lambda k: -scores[k])]
 
 
-def pick(model, scores: dict[str, float], labels: Sequence[str], *, fraction: float, budget: int | None,
+def pick(model: Model, scores: dict[str, float], labels: Sequence[str], *, fraction: float, budget: int | None,
          max_k: int | None = None) -> tuple[list[Component], str]:
     """Chosen components and the rule used: the fraction rule, or (with ``budget``) the ranking matched to it."""
     if budget is not None:

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mechedit.components import model_shape
+from mechedit.components import parse_component
 from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization, budget_rule, fit_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, choose_by_fraction, patch_setup, pick
+from patching.model import Model, arch
 from patching.path import path_patch
 
 
 def localize_path(
-    model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
+    model: Model, facts: FactSet, *, seed: int = 0, budget: int | None = None, progress: bool = True,
     corruption: CorruptionKind = "swap", max_facts: int | None = 64, head_fraction: float = 0.5,
     max_heads: int = 4, mlp_fraction: float = 0.5, receiver_inputs: Sequence[str] = ("q", "k", "v"),
     include_heads: bool = False, max_rows: int | None = None,
@@ -47,7 +48,6 @@ def localize_path(
     mlp_scores = mlps.scores()
     chosen, rule = pick(model, mlp_scores, mlps.labels, fraction=mlp_fraction, budget=budget)
     if include_heads:
-        from mechedit.components import parse_component
 
         head_comps = [parse_component(h) for h in extraction]
         if budget is not None:
@@ -58,7 +58,7 @@ def localize_path(
     extra = {
         "extraction_heads": extraction, "rule": rule, "head_fraction": head_fraction, "max_heads": max_heads,
         "mlp_fraction": mlp_fraction, "receiver_inputs": list(receiver_inputs), "include_heads": include_heads,
-        "clean_logit_diff": heads.clean, "corrupt_logit_diff": heads.corrupt, "n_layers": model_shape(model).n_layers,
-        "n_heads": model_shape(model).n_heads, **setup.notes,
+        "clean_logit_diff": heads.clean, "corrupt_logit_diff": heads.corrupt, "n_layers": arch(model).n_layers,
+        "n_heads": arch(model).n_heads, **setup.notes,
     }
     return make_localization(model, "path", chosen, {**head_scores, **mlp_scores}, budget=budget, extra=extra)

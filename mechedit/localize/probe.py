@@ -34,11 +34,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mechedit.components import MLP, model_shape, n_params
+from mechedit.components import MLP, n_params
 from mechedit.facts import FactError, FactSet
 from mechedit.localize.localization import Localization, make_localization
 from mechedit.models import model_info
+from mechedit.stats import majority_chance
 from mechedit.tokens import encode
+from patching.model import Model, arch
 from probes import LogisticProbe, collect_activations, rare_classes, stratified_split
 
 Variant = Literal["subject", "full"]
@@ -134,11 +136,11 @@ def _activations(model, batch, position: Position, hooks: list[str], batch_size:
     return torch.einsum("hnkd,nk->hnd", X, weight / span[:, None])
 
 
-def probe_curves(model, facts: FactSet, *, seed: int = 0, position: Position = "subject_last",
+def probe_curves(model: Model, facts: FactSet, *, seed: int = 0, position: Position = "subject_last",
                  test_size: float = 0.25, C: float = 1.0, batch_size: int = 32,
                  progress: bool = True) -> ProbeCurves:
     """Fit all-layer probes for the facts' true answers on the full and the subject-only prompts."""
-    shape = model_shape(model)
+    shape = arch(model)
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(shape.n_layers)]
     labels = np.array([f.answer for f in facts])
     train, test = stratified_split(labels, test_size=test_size, seed=seed)
@@ -152,13 +154,12 @@ def probe_curves(model, facts: FactSet, *, seed: int = 0, position: Position = "
         acc = probe.score(X[:, test], labels[test])
         embed[variant] = float(acc[0])
         accuracy[variant] = [float(v) for v in acc[1:]]
-    test_counts = np.unique(labels[test], return_counts=True)[1]
-    return ProbeCurves(accuracy, embed, float(test_counts.max() / len(test)), sorted(set(labels.tolist())),
+    return ProbeCurves(accuracy, embed, majority_chance(labels[test].tolist()), sorted(set(labels.tolist())),
                        len(train), len(test))
 
 
 def localize_probe(
-    model,
+    model: Model,
     facts: FactSet,
     *,
     seed: int = 0,
@@ -179,7 +180,7 @@ def localize_probe(
         raise ValueError(f"choose_on must be 'subject' or 'full', got {choose_on!r}")
     if position not in ("subject_last", "subject_mean", "last"):
         raise ValueError(f"position must be 'subject_last', 'subject_mean' or 'last', got {position!r}")
-    smallest = min(n_params(model, [MLP(layer)]) for layer in range(model_shape(model).n_layers))
+    smallest = min(n_params(model, [MLP(layer)]) for layer in range(arch(model).n_layers))
     if budget is not None and budget < smallest:
         raise ValueError(f"budget {budget:,} parameters is smaller than one MLP ({smallest:,}); "
                          "no probe localization fits")
@@ -196,13 +197,13 @@ def localize_probe(
         if [start, end] == trimmed_from:
             trimmed_from = None
     notes = []
-    if end == model_shape(model).n_layers - 1 and position != "last":
+    if end == arch(model).n_layers - 1 and position != "last":
         notes.append(f"the chosen range ends at the final layer {end}: its MLP output at subject positions reaches no "
                      "later layer, so it cannot be read by the prediction at a later token (the attribute becomes "
                      "linearly decodable at the subject only at the very end; the lookup may be distributed or "
                      "nonlinear in earlier layers)")
         warnings.warn(notes[-1], stacklevel=2)
-    n_layers = model_shape(model).n_layers
+    n_layers = arch(model).n_layers
     if end - start + 1 > n_layers // 2:
         notes.append(f"the chosen range spans {end - start + 1} of {n_layers} layers: the accuracy curve rises slowly "
                      f"(embeddings {baseline:.2f}, max {max(curve):.2f}, chance {curves.chance:.2f}), so it does not "

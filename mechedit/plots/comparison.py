@@ -1,4 +1,4 @@
-"""Figures of a method comparison (``mechedit compare``'s summary.json form): the forest plot of paired differences
+"""Figures of a method comparison (``mechedit compare``'s ``Comparison``): the forest plot of paired differences
 and per-method mean curves with a 95 % band, per-seed lines behind a toggle.
 
 Every figure colours a method the same way (``method_colors``), so a reader can follow one method across figures.
@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mechedit.compare import MethodRun
 from mechedit.stats import bootstrap_ci
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
@@ -92,7 +93,7 @@ def forest_figure(paired: Mapping[str, Mapping[str, Mapping[str, dict]]], column
     return fig
 
 
-def _series(values: Sequence) -> list[float] | None:
+def _series(values: object) -> list[float] | None:
     """The list of numbers (None kept as gaps), or None when it is not a non-empty list of numbers."""
     if not isinstance(values, list) or not values:
         return None
@@ -179,18 +180,18 @@ def _int_ticks(fig: go.Figure) -> dict:
     return {"tickformat": "d", "dtick": max(1, step)}
 
 
-def run_curves(runs: Sequence[Mapping], key: str, x_key: str | None = None
+def run_curves(runs: Sequence[MethodRun], key: str, x_key: str | None = None
                ) -> dict[str, dict[int, tuple[list[int], list[float | None]]]]:
     """method -> seed -> (x, y) of a per-run curve stored in each run's metrics at dotted ``key`` (x at ``x_key``,
     else 0, 1, ...); runs without the curve are skipped."""
     out: dict[str, dict[int, tuple[list[int], list[float | None]]]] = {}
     for run in runs:
-        y = _series(_dotted(run["metrics"], key))
+        y = _series(_dotted(run.metrics, key))
         if y is None:
             continue
-        x = _dotted(run["metrics"], x_key) if x_key else None
+        x = _dotted(run.metrics, x_key) if x_key else None
         x = [int(v) for v in x] if isinstance(x, list) and len(x) == len(y) else list(range(len(y)))
-        out.setdefault(run["method"], {})[int(run["seed"])] = (x, y)
+        out.setdefault(run.method, {})[run.seed] = (x, y)
     return out
 
 

@@ -21,11 +21,7 @@ OTHER = "#9fb7d4"
 def _split_scores(loc: Localization) -> tuple[dict[tuple[int, int], float], dict[int, float]]:
     heads: dict[tuple[int, int], float] = {}
     mlps: dict[int, float] = {}
-    for label, v in loc.scores.items():
-        try:
-            c = parse_component(label)
-        except ValueError:
-            continue
+    for c, v in loc.scores.items():
         if isinstance(c, Head):
             heads[(c.layer, c.head)] = v
         elif isinstance(c, MLP):
