@@ -166,7 +166,6 @@ class CircuitExplorer:
         """
         import ipywidgets as w
         from IPython import get_ipython
-        from IPython.display import display
 
         relation = w.Dropdown(options=self.relations, description="relation")
         fact = w.Dropdown(options=self.fact_options(self.relations[0]), description="fact",
@@ -191,10 +190,10 @@ class CircuitExplorer:
             finally:
                 busy["on"] = False
             if get_ipython() is not None:  # draw only in a kernel; a plain caller reads the returned view
-                out.clear_output(wait=True)
-                with out:
-                    for fig in view.figures.values():
-                        display(fig)
+                # set the Output widget's state to the figures' mime bundles rather than capturing display() calls
+                # by message id: a notebook runner without a widget front-end (nbclient) waited minutes on those
+                out.outputs = tuple({"output_type": "display_data", "data": fig._repr_mimebundle_(), "metadata": {}}
+                                    for fig in view.figures.values())
             if on_view is not None:
                 on_view(view)
             return view
