@@ -233,7 +233,7 @@ def move_aside(directory: Path, reason: str) -> Path:
 # ---------------------------------------------------------------- loading and saving
 
 
-def nonfinite_parameters(model) -> list[str]:
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
     """Names of parameters holding NaN or inf (a finite sum proves a tensor finite; otherwise check exactly)."""
     bad = []
     threads = torch.get_num_threads()

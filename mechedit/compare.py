@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import ClassVar
 
@@ -304,8 +305,6 @@ def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, 
 
 def versions() -> dict:
     """Versions of the packages that determine the numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
     def installed(dist: str) -> str:
         try:
             return version(dist)

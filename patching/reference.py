@@ -5,6 +5,7 @@ generic patching does. They validate the batched functions in tests and are the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from jaxtyping import Bool, Int
@@ -13,10 +14,11 @@ from tqdm.auto import tqdm
 
 from patching.activation import Components, expand_components
 from patching.corrupt import Corruption, corrupt_inputs
-from patching.metrics import Metric, evaluate
+from patching.metrics import Metric, answer_prob, evaluate
 from patching.model import Model, arch, parse_site
 from patching.path import QKV, check_receivers
 from patching.result import PatchResult, check_direction
+from patching.tracing import window_layers
 
 
 def _cache(model, ids, mask, hooks, names):
@@ -187,11 +189,6 @@ def rome_trace_reference(
 
     ``noise`` is a ``Noise`` spec whose seed is replaced by each of ``noise_ids`` in turn.
     """
-    from dataclasses import replace
-
-    from patching.metrics import answer_prob
-    from patching.tracing import window_layers
-
     a = arch(model)
     rows = torch.arange(input_ids.shape[0])
     metric = answer_prob(answer_ids)

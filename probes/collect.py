@@ -23,7 +23,7 @@ class _AllCollected(Exception):
     """Raised inside the last needed hook to end the forward pass early."""
 
 
-def n_layers_of(model) -> int:
+def n_layers_of(model: torch.nn.Module) -> int:
     """Number of transformer blocks of a TransformerLens model."""
     blocks = getattr(model, "blocks", None)
     if blocks is not None:
@@ -31,7 +31,8 @@ def n_layers_of(model) -> int:
     return int(model.cfg.n_layers)
 
 
-def layer_hooks(model, suffix: str = "hook_resid_post", layers: Sequence[int] | None = None) -> list[str]:
+def layer_hooks(model: torch.nn.Module, suffix: str = "hook_resid_post",
+                layers: Sequence[int] | None = None) -> list[str]:
     """Hook names ``blocks.{L}.{suffix}`` for every layer (or the given ones), checked against the model."""
     n = n_layers_of(model)
     layers = range(n) if layers is None else layers
@@ -45,7 +46,7 @@ def _name_patterns(valid: Sequence[str]) -> list[str]:
     return sorted({re.sub(r"^blocks\.\d+\.", "blocks.{L}.", n) for n in valid})
 
 
-def check_hook_names(model, hook_names: Sequence[str]) -> None:
+def check_hook_names(model: torch.nn.Module, hook_names: Sequence[str]) -> None:
     """Raise ValueError naming unknown or duplicated hook names and listing the valid ones."""
     if isinstance(hook_names, str):
         raise TypeError(f"hook_names must be a list of names, got the string {hook_names!r}")
@@ -96,7 +97,7 @@ def _check_inputs(input_ids, attention_mask, positions) -> tuple[torch.Tensor, t
 
 @torch.no_grad()
 def collect_activations(
-    model,
+    model: torch.nn.Module,
     input_ids: Int[torch.Tensor, "batch pos"],
     attention_mask: Int[torch.Tensor, "batch pos"] | None,
     positions: Int[torch.Tensor, " batch"] | Int[torch.Tensor, "batch k"],

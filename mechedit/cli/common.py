@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
+from safetensors import SafetensorError
 
 from mechedit.cache import CacheError
 from mechedit.components import n_params
@@ -47,10 +48,7 @@ def debugging() -> bool:
 def _expected() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input or environment (one line, exit 2), not a bug."""
     kinds: list[type[BaseException]] = [FactError, ModelNotAvailable, CacheError, ValueError, OSError, csv.Error]
-    with contextlib.suppress(ImportError):
-        from safetensors import SafetensorError
-
-        kinds.append(SafetensorError)
+    kinds.append(SafetensorError)
     with contextlib.suppress(ImportError):
         kinds.append(EditError)
     return tuple(kinds)

@@ -20,6 +20,7 @@ from mechedit.facts import FactError, load_csv, load_facts
 from mechedit.models import load_model
 from mechedit.plots.verification import verification_figures
 from mechedit.validate import check_count, check_distinct, check_output, check_rate, staged_files
+from patching.model import Model
 
 EDIT_FACTS_FILE = "facts.csv"  # written by `mechedit edit` next to the delta
 PLOT_NAMES = ("relearning", "latent", "diagnostics")  # figures of mechedit.plots.verification
@@ -52,7 +53,7 @@ def _describe(diff: set[tuple]) -> str:
     return f"{s!r} ({a} → {t if t else 'forget' if fg else 'unchanged'})"
 
 
-def facts_for(model, facts_spec: str, edit_dir: Path | None, objective: str, n_forget: int, seed: int,
+def facts_for(model: Model, facts_spec: str, edit_dir: Path | None, objective: str, n_forget: int, seed: int,
               known_only: bool, recorded: list | None = None, override: bool = False, fs=None):
     """The marked facts to evaluate and where their marks come from.
 

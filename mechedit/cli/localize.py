@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -34,8 +35,6 @@ IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 
 def check_plot_path(path: Path, force: bool) -> None:
     """A figure path must end in .html (or an image suffix, with kaleido installed) and be writable."""
-    import importlib.util
-
     suffix = path.suffix.lower()
     if suffix not in (".html", *IMAGE_SUFFIXES):
         raise ValueError(f"--plot {path}: unknown figure type {path.suffix or '(none)'!r}; use .html, or "

@@ -6,12 +6,14 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mechedit.cache import cache_dir, cache_entries, clear_cache, dir_bytes, entry_name, inspect_cache
 from mechedit.cli import app
 from mechedit.cli.common import FORCE_HELP, console, is_bundled, print_notes, read_facts, user_errors
 from mechedit.edit.marking import checked_facts
+from mechedit.localize.profile import LOOKUP_MARGIN, profile_relations
 from mechedit.models import available_models, load_model
 from mechedit.scoring import require_finite, score_facts
 from mechedit.validate import check_choice, check_count, check_output, staged_files
@@ -98,6 +100,38 @@ def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limi
     return facts, known, table
 
 
+def profile_table(model_name: str, facts_spec: str, fs, limit: int | None, seed: int) -> Table:
+    """Per relation: known facts, classes, majority, lexical baseline and best probe (mechedit.localize.profile)."""
+    model = load_model(model_name)
+    facts = checked_facts(model, fs, is_bundled(facts_spec))
+    print_notes(facts, limit=5)
+    if limit:
+        facts = facts.sample(limit, seed=seed)
+    profiles = profile_relations(model, facts, seed=seed)
+    table = Table(title=f"{model_name} on {facts.name}: is the answer looked up, or read off the subject's tokens?",
+                  caption=PROFILE_LEGEND)
+    for col in ("relation", "facts", "known", "classes", "majority", "embed probe", "bag of tokens",
+                "best probe (layer)", "gain", "looked up"):
+        table.add_column(col, justify="left" if col == "relation" else "right")
+
+    def f2(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    for p in profiles:
+        if p.note:
+            table.add_row(p.relation or "-", str(p.n_facts), str(p.n_known), "", "", "", "", "", "",
+                          f"[dim]{escape(p.note)}[/]")
+            continue
+        table.add_row(p.relation or "-", str(p.n_facts), str(p.n_known), str(p.n_classes), f2(p.majority),
+                      f2(p.embed_probe), f2(p.bag_of_tokens), f"{f2(p.best_probe)} ({p.best_layer})",
+                      f"{p.lookup_gain:+.2f}", "yes" if p.looked_up else "no")
+    return table
+
+
+PROFILE_LEGEND = (f"held-out accuracy on known facts (25 % stratified split); lexical baseline = max(embed probe, "
+                  f"bag of tokens); looked up = best probe − lexical >= {LOOKUP_MARGIN}")
+
+
 @app.command()
 def facts(
     model: str = typer.Argument(..., help="factworld, smollm2-135m, a local HF directory or a hub name"),
@@ -106,9 +140,11 @@ def facts(
     out: Path | None = typer.Option(None, "--out", help="write the facts to this CSV"),
     fmt: str = typer.Option("prompt", "--format", help="prompt, chat, paraphrase, mcq or mcq-letter"),
     limit: int | None = typer.Option(None, "--limit", help="score a seeded sample of this many facts"),
+    profile: bool = typer.Option(False, "--profile", help="per relation: lexical baseline vs best layer's probe"),
+    seed: int = typer.Option(0, "--seed", help="the probes' train/test split (with --profile)"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """How many facts MODEL knows (forced choice over candidates), per relation."""
+    """How many facts MODEL knows (forced choice over candidates), per relation; --profile: which are looked up."""
     with user_errors():
         check_choice("--format", "format", fmt, FORMATS)
         check_count("--limit", limit)
@@ -116,6 +152,12 @@ def facts(
             check_output(out, "--out", force)
         fs = read_facts(facts)
         t0 = time.time()
+        if profile:
+            if out is not None or known_only or fmt != "prompt":
+                raise ValueError("--profile takes no --out, --known-only or --format (it profiles prompt facts)")
+            console.print(profile_table(model, facts, fs, limit, seed))
+            console.print(f"[dim]{time.time() - t0:.1f} s[/]")
+            return
         all_facts, known, table = known_fact_table(model, facts, fmt, limit, fs=fs)
         console.print(table)
         print_notes(all_facts, limit=5)

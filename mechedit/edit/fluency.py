@@ -60,7 +60,7 @@ def fluency_texts(model: Model, maintain: FactSet | None, source: str, seed: int
     return read_texts(source), str(source)
 
 
-def fluency_split(model, split: MaintainSplit, source: str, seed: int, fraction: float = EVAL_FRACTION
+def fluency_split(model: Model, split: MaintainSplit, source: str, seed: int, fraction: float = EVAL_FRACTION
                   ) -> tuple[list[str], list[str], str]:
     """(training texts for the editor, held-out texts for ``fluency_kl``, a description of the source)."""
     if source == "auto":

@@ -98,7 +98,7 @@ def _trim_to_budget(model, start: int, end: int, gains: list[float], budget: int
     return start, end
 
 
-def _select_facts(facts: FactSet, relation: str | None, min_class_size: int) -> tuple[FactSet, dict, str]:
+def select_facts(facts: FactSet, relation: str | None, min_class_size: int) -> tuple[FactSet, dict, str]:
     """One relation's facts, one per subject, answers with enough examples; (facts, dropped, relation)."""
     groups = facts.by_relation()
     if relation is None:
@@ -184,7 +184,7 @@ def localize_probe(
     if budget is not None and budget < smallest:
         raise ValueError(f"budget {budget:,} parameters is smaller than one MLP ({smallest:,}); "
                          "no probe localization fits")
-    chosen_facts, dropped, relation = _select_facts(facts, relation, min_class_size)
+    chosen_facts, dropped, relation = select_facts(facts, relation, min_class_size)
     curves = probe_curves(model, chosen_facts, seed=seed, position=position, test_size=test_size, C=C,
                           batch_size=batch_size, progress=progress)
     curve, baseline = curves.accuracy[choose_on], curves.embed_accuracy[choose_on]
