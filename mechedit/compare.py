@@ -75,6 +75,8 @@ class CompareSettings:
     relearn_mode: str = "lora"  # relearning attack: lora (adapter) or full fine-tune
     latent: bool = True
     diagnostics: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 @dataclass
@@ -167,31 +169,66 @@ def _latent_max(metrics: dict) -> float | None:
     return max(curve) if curve else None
 
 
-def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True) -> Comparison:
-    """Run the comparison; returns its Comparison (also written to ``out_dir`` when given)."""
+SHARD_FILE = "shard.json"
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n); raise ValueError naming a malformed or out-of-range shard."""
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {spec!r}: expected i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {spec!r}: index {i} out of range 0..{n - 1} for {n} shard(s)")
+    return i, n
+
+
+def method_order(settings: CompareSettings) -> list[str]:
+    """Methods in run order: budget-defining localizations first, so baselines of a seed can be cut to their size."""
+    methods = list(dict.fromkeys(settings.methods))
+    return sorted(methods, key=lambda m: BUDGET_SOURCES.index(m) if m in BUDGET_SOURCES else len(BUDGET_SOURCES))
+
+
+def cells(settings: CompareSettings) -> list[tuple[int, str]]:
+    """Every (seed, method) cell in run order; shard i of n runs cells i, i + n, i + 2n, ..."""
+    return [(seed, m) for seed in range(settings.seeds) for m in method_order(settings)]
+
+
+def compare(settings: CompareSettings, out_dir: str | Path | None = None, progress: bool = True,
+            shard: tuple[int, int] | None = None) -> Comparison:
+    """Run the comparison; returns its Comparison (also written to ``out_dir`` when given).
+
+    With ``shard=(i, n)`` only cells i, i + n, ... of ``cells(settings)`` are edited and evaluated (a budgeted
+    baseline whose budget source is another shard's cell re-runs that localization, which is deterministic) and
+    ``out_dir`` receives ``shard.json`` for ``merge``.
+    """
     t_start = time.time()
-    base = load_model(settings.model)  # never modified: localization and the reference for verification
-    work = load_model(settings.model)  # edited and reverted for every run
+    all_cells = cells(settings)
+    mine = set(all_cells if shard is None else all_cells[shard[0]::shard[1]])
+    where = {"device": settings.device, "dtype": settings.dtype}
+    base = load_model(settings.model, **where)  # never modified: localization and the reference for verification
+    work = load_model(settings.model, **where)  # edited and reverted for every run
     facts = checked_facts(base, load_facts(settings.facts), settings.facts in BUNDLED_FACTSETS)
     if settings.relation is not None:  # filter first: scoring a whole large fact set is the slow part
         facts = pick_relation(facts, settings.relation)
     known = known_facts(base, facts)
     pool = pick_relation(known, settings.relation)
-    methods = list(dict.fromkeys(settings.methods))
-    for m in methods:
+    order = method_order(settings)
+    for m in order:
         get_localizer(m)  # fail fast on unknown names
-    # budget-defining localizations first, so the baselines of the same seed can be cut to their size
-    order = sorted(methods, key=lambda m: BUDGET_SOURCES.index(m) if m in BUDGET_SOURCES else len(BUDGET_SOURCES))
     edit_kw = {k: v for k, v in (("steps", settings.steps), ("lr", settings.lr)) if v is not None}
     runs: list[MethodRun] = []
-    bar = tqdm(total=settings.seeds * len(methods), desc="compare", disable=not progress)
+    bar = tqdm(total=len(mine), desc="compare", disable=not progress)
     relearn_cfg = RelearnConfig(mode=settings.relearn_mode, **({} if settings.relearn_steps is None
                                                                 else {"steps": settings.relearn_steps}))
     for seed in range(settings.seeds):
         fs = run_facts(pool, settings, seed)
         budget = None
         reference: dict = {}  # the original model's behaviour and MCQ shot count: same for every method
-        for method in order:
+        for k, method in enumerate(order):
+            later_budgeted = any((seed, m) in mine and m in BUDGETED for m in order[k + 1:])
+            if (seed, method) not in mine and not (method in BUDGET_SOURCES and budget is None and later_budgeted):
+                continue
             bar.set_postfix(seed=seed, method=method)
             t0 = time.time()
             kw = {"budget": budget} if method in BUDGETED and budget is not None else {}
@@ -199,6 +236,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
                                         **kw)
             if method in BUDGET_SOURCES and budget is None:
                 budget = loc.n_params
+            if (seed, method) not in mine:  # another shard's cell: only its budget was needed here
+                continue
             t1 = time.time()
             result = edit(work, fs, loc, settings.objective, EditConfig(seed=seed, **edit_kw), progress=False)
             t2 = time.time()
@@ -220,6 +259,52 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
             bar.update(1)
     bar.close()
     summary = summarize(settings, runs, time.time() - t_start, len(known), pool.name)
+    if out_dir is not None and shard is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / SHARD_FILE).write_text(json.dumps(
+            {"shard": list(shard), **summary.to_dict()}, indent=2, default=_json_default))
+    elif out_dir is not None:
+        write_run(Path(out_dir), summary)
+    return summary
+
+
+def merge(dirs: list[str | Path], out_dir: str | Path | None = None) -> Comparison:
+    """Build the summary of a sharded run from its shard directories (the same summary an unsharded run gives,
+    up to timings); raise ValueError naming a missing, duplicated or foreign shard."""
+    if not dirs:
+        raise ValueError("--merge needs the shard directories")
+    shards = []
+    for d in dirs:
+        path = Path(d) / SHARD_FILE
+        if not path.is_file():
+            raise ValueError(f"{d}: no {SHARD_FILE} (not a `compare --shard` output directory)")
+        shards.append((path, json.loads(path.read_text())))
+    first_path, first = shards[0]
+    n = first["shard"][1]
+    seen: dict[int, Path] = {}
+    for path, d in shards:
+        for key in sorted(set(first["settings"]) | set(d["settings"])):
+            if first["settings"].get(key) != d["settings"].get(key):
+                raise ValueError(f"{path}: setting {key!r} is {d['settings'].get(key)!r} but {first_path} has "
+                                 f"{first['settings'].get(key)!r}; shards of different runs cannot be merged")
+        for key in ("n_known_facts", "fact_pool"):
+            if d[key] != first[key]:
+                raise ValueError(f"{path}: {key} {d[key]!r} differs from {first_path}'s {first[key]!r}")
+        i, n_i = d["shard"]
+        if n_i != n:
+            raise ValueError(f"{path}: shard {i}/{n_i} does not belong to a run split into {n} shards")
+        if i in seen:
+            raise ValueError(f"{path}: shard {i}/{n} given twice (also {seen[i]})")
+        seen[i] = path
+    missing = sorted(set(range(n)) - set(seen))
+    if missing:
+        raise ValueError(f"shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing from --merge")
+    settings = CompareSettings(**first["settings"])
+    rank = {c: k for k, c in enumerate(cells(settings))}
+    runs = sorted((MethodRun.from_dict(r) for _, d in shards for r in d["runs"]), key=lambda r: rank[r.seed, r.method])
+    summary = summarize(settings, runs, sum(d["elapsed_seconds"] for _, d in shards), first["n_known_facts"],
+                        first["fact_pool"])
+    summary.extra["merged_from"] = [str(p.parent) for p, _ in shards]
     if out_dir is not None:
         write_run(Path(out_dir), summary)
     return summary

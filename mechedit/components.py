@@ -2,7 +2,10 @@
 
 Parameters are named as in a plain HF checkpoint (``mechedit.models.hf_parameters``: the bridge's names without
 its ``._original_component`` infixes); the bridge shares their storage, so editing them edits the bridge.
-Llama-family layouts are supported (q/k/v/o projections and gate/up/down MLPs: SmolLM2, Llama, Mistral, Qwen2).
+Where each family keeps them is ``patching.families`` (Llama/Mistral, Qwen2, Gemma, Gemma-2, GPT-2, GPT-NeoX): an
+MLP owns every weight and bias of its projections; a head owns its q rows (and q bias entries) and its slice of
+the output projection (o_proj columns, or the rows of GPT-2's ``[in, out]`` Conv1D); fused q/k/v (GPT-2,
+NeoX) are owned through the bridge's per-projection views.
 
 Grouped-query attention: k_proj/v_proj rows of one key-value group are shared by ``n_heads / n_kv_heads``
 query heads. A ``Head`` always owns its q_proj rows and its o_proj columns. It owns its group's k/v rows
@@ -20,6 +23,7 @@ from typing import ClassVar, Literal
 import torch
 
 from mechedit.models import hf_parameters
+from patching.families import Family, family
 from patching.model import Model, arch
 
 KVPolicy = Literal["group", "always", "never"]
@@ -139,13 +143,14 @@ class ParamSlice:
     stop: int = 0
 
 
-def _layer_prefix(layer: int) -> str:
-    return f"model.layers.{layer}"
-
-
-def _attn_names(layer: int) -> dict[str, str]:
-    p = f"{_layer_prefix(layer)}.self_attn"
-    return {k: f"{p}.{k}_proj.weight" for k in ("q", "k", "v", "o")}
+def _attn_slices(fam: Family, layer: int, which: str, dim: int, start: int, stop: int,
+                 names: dict) -> list[ParamSlice]:
+    """A head's (or k/v group's) slice of projection ``which``: its weight along ``dim`` and its bias entries."""
+    out = [ParamSlice(fam.attn_param(layer, which), dim, start, stop)]
+    bias = fam.attn_param(layer, which, "bias")
+    if which != "o" and bias in names:  # the o bias is shared by all heads: owned by Attn only
+        out.append(ParamSlice(bias, 0, start, stop))
+    return out
 
 
 def component_slices(model: Model, components: Iterable[Component], kv: KVPolicy = "group") -> list[ParamSlice]:
@@ -153,33 +158,34 @@ def component_slices(model: Model, components: Iterable[Component], kv: KVPolicy
     components = list(dict.fromkeys(components))
     check_in_range(model, components)
     s = arch(model)
+    fam = family(model)
     names = hf_parameters(model)
     out: list[ParamSlice] = []
     heads_by_layer: dict[int, set[int]] = {}
     for c in components:
         if isinstance(c, MLP):
-            for proj in ("gate_proj", "up_proj", "down_proj"):
-                out.append(ParamSlice(f"{_layer_prefix(c.layer)}.mlp.{proj}.weight"))
+            out += [ParamSlice(n) for n in fam.mlp_params(c.layer) if n.endswith(".weight") or n in names]
         elif isinstance(c, Attn):
-            out += [ParamSlice(n) for n in _attn_names(c.layer).values()]
+            out += [ParamSlice(fam.attn_param(c.layer, w, kind)) for w in "qkvo" for kind in ("weight", "bias")
+                    if kind == "weight" or fam.attn_param(c.layer, w, kind) in names]
         else:
             heads_by_layer.setdefault(c.layer, set()).add(c.head)
     for layer, heads in sorted(heads_by_layer.items()):
         if Attn(layer) in components:
             continue
-        n = _attn_names(layer)
         for h in sorted(heads):
-            out.append(ParamSlice(n["q"], 0, h * s.d_head, (h + 1) * s.d_head))
-            out.append(ParamSlice(n["o"], 1, h * s.d_head, (h + 1) * s.d_head))
+            span = (h * s.d_head, (h + 1) * s.d_head)
+            out += _attn_slices(fam, layer, "q", 0, *span, names)
+            out += _attn_slices(fam, layer, "o", fam.o_heads_dim, *span, names)
         groups = sorted({h // s.group_size for h in heads})
         for g in groups:
             members = set(range(g * s.group_size, (g + 1) * s.group_size))
             if kv == "always" or (kv == "group" and members <= heads):
-                out.append(ParamSlice(n["k"], 0, g * s.d_head, (g + 1) * s.d_head))
-                out.append(ParamSlice(n["v"], 0, g * s.d_head, (g + 1) * s.d_head))
+                for which in "kv":
+                    out += _attn_slices(fam, layer, which, 0, g * s.d_head, (g + 1) * s.d_head, names)
     missing = [sl.name for sl in out if sl.name not in names]
     if missing:
-        raise ValueError(f"model has no parameter {missing[0]!r}: only Llama-family layouts are supported")
+        raise ValueError(f"model has no parameter {missing[0]!r} where the {fam.name} adapter expects it")
     return out
 
 

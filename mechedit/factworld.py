@@ -120,11 +120,24 @@ class TrainConfig:
     context_fraction: float = 0.3
 
 
-def _make_model(cfg: TrainConfig, vocab_size: int, tok, seed: int):
+ARCHS = ("llama", "gpt2")  # layouts factworld can be trained into (the same world, tokenizer and recipe)
+
+
+def _make_model(cfg: TrainConfig, vocab_size: int, tok, seed: int, arch: str = "llama"):
     # transformers is imported lazily: it adds ~2 s to every `import mechedit`
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
+    if arch == "gpt2":  # learned positions, LayerNorm, fused Conv1D q/k/v, GELU MLP, no grouped-query attention
+        config = GPT2Config(
+            vocab_size=vocab_size, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
+            n_positions=128, tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            attn_implementation="eager",
+        )
+        return GPT2LMHeadModel(config)
+    if arch != "llama":
+        raise ValueError(f"factworld can be trained as {', '.join(ARCHS)}, not {arch!r}")
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
@@ -134,12 +147,16 @@ def _make_model(cfg: TrainConfig, vocab_size: int, tok, seed: int):
     return LlamaForCausalLM(config)
 
 
-def train_factworld(seed: int = 0, cfg: TrainConfig | None = None, progress: bool = True):
-    """Train the factworld model from scratch; returns (hf_model, tokenizer). Deterministic under ``seed``."""
+def train_factworld(seed: int = 0, cfg: TrainConfig | None = None, progress: bool = True, arch: str = "llama"):
+    """Train the factworld model from scratch; returns (hf_model, tokenizer). Deterministic under ``seed``.
+
+    ``arch="gpt2"`` trains the same world with the same tokenizer and recipe into a GPT-2 layout (ground truth
+    across layouts for the localizers).
+    """
     cfg = cfg or TrainConfig()
     facts = load_factworld(seed)
     tok = build_tokenizer()
-    model = _make_model(cfg, len(tok), tok, seed)
+    model = _make_model(cfg, len(tok), tok, seed, arch)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -147,7 +164,7 @@ def train_factworld(seed: int = 0, cfg: TrainConfig | None = None, progress: boo
     )
     rng = random.Random(f"train-{seed}")
     t0 = time.time()
-    bar = tqdm(range(cfg.steps), desc="training factworld", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"training factworld ({arch})", disable=not progress)
     for _step in bar:
         texts = training_texts(facts, rng, cfg.batch_size, cfg.context_fraction)
         enc = tok(texts, return_tensors="pt", padding=True, padding_side="right")
@@ -164,17 +181,27 @@ def train_factworld(seed: int = 0, cfg: TrainConfig | None = None, progress: boo
     return model, tok
 
 
-def load_factworld_hf(seed: int = 0, cfg: TrainConfig | None = None):
-    """Return the cached factworld (hf_model, tokenizer), training it on first use."""
+def load_factworld_hf(seed: int = 0, cfg: TrainConfig | None = None, arch: str = "llama"):
+    """Return the cached factworld (hf_model, tokenizer), training it on first use.
+
+    The Llama layout is cached under ``factworld/``, the others under ``factworld-<arch>/``.
+    """
     cfg = cfg or TrainConfig()
-    key = f"v{VERSION}-seed{seed}-{abs(hash_config(cfg)):x}"
 
     def build():
-        model, tok = train_factworld(seed, cfg)
-        return model, tok, {"seed": seed, "config": cfg.__dict__, "version": VERSION}
+        model, tok = train_factworld(seed, cfg, arch=arch)
+        return model, tok, {"seed": seed, "config": cfg.__dict__, "version": VERSION, "arch": arch}
 
     # always loaded back from the cache, so the tokenizer knows its path (the bridge needs it)
-    return load_or_build(cache_dir() / "factworld" / key, build)
+    return load_or_build(factworld_cache_dir(seed, cfg, arch), build)
+
+
+def factworld_cache_dir(seed: int = 0, cfg: TrainConfig | None = None, arch: str = "llama"):
+    """Where factworld of this seed, recipe and layout is cached (``factworld/`` or ``factworld-<arch>/``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"factworld can be trained as {', '.join(ARCHS)}, not {arch!r}")
+    key = f"v{VERSION}-seed{seed}-{abs(hash_config(cfg or TrainConfig())):x}"
+    return cache_dir() / ("factworld" if arch == "llama" else f"factworld-{arch}") / key
 
 
 def hash_config(cfg: TrainConfig) -> int:

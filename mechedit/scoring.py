@@ -11,8 +11,9 @@ import torch
 from tqdm.auto import tqdm
 
 from mechedit.facts import MCQ_LETTERS, Fact, FactError, FactSet
-from mechedit.models import hf_model_of, model_info
+from mechedit.models import model_info
 from mechedit.tokens import PromptBatch, candidate_token_ids, encode, first_token_id
+from patching.families import final_hidden, unembed
 from patching.model import Model
 
 PromptFormat = Literal["prompt", "chat", "paraphrase", "mcq", "mcq-letter"]
@@ -82,9 +83,8 @@ def last_logits(model: Model, batch: PromptBatch) -> torch.Tensor:
     Runs the wrapped HF decoder (the same modules the bridge runs, so the logits are identical) and unembeds
     only the last position: on a 49k vocabulary the full [batch, pos, vocab] unembedding dominates the cost.
     """
-    hf = hf_model_of(model)
-    hidden = hf.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    return hf.lm_head(hidden[:, -1, :])
+    hidden = final_hidden(model, batch.input_ids, batch.attention_mask)
+    return unembed(model, hidden[:, -1, :])
 
 
 @dataclass

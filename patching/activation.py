@@ -2,8 +2,10 @@
 
 A patch of a component in layer L changes nothing upstream of it, and its output enters the residual
 stream additively: patching head h (hook_z) adds ``W_O[h] (z_source − z_base)`` to the residual after
-layer L's attention, patching MLP L adds ``mlp_source − mlp_base`` after layer L, and patching the residual
-entering L at column p adds ``resid_source − resid_base`` there. So each variant restarts from the base
+layer L's attention (Gemma-2: the change of the post-normed attention output, ``head_delta``), patching MLP L
+adds ``mlp_source − mlp_base`` after layer L, and patching the residual entering L at column p adds
+``resid_source − resid_base`` there. In parallel blocks (GPT-NeoX) MLP L does not read attention L, so a
+head's delta is added after the whole layer. So each variant restarts from the base
 run's cached residual at that point plus its delta, variants sharing a start point are stacked along the
 batch dimension (chunked), and only the final position is unembedded. Results equal one full forward
 per component with a hook (see ``patching.reference``) to float rounding.
@@ -28,7 +30,7 @@ from patching.model import (
     arch,
     chunks,
     final_logits,
-    head_out,
+    head_delta,
     parse_site,
     position_mask,
     resid_label,
@@ -60,22 +62,22 @@ def expand_components(model: Model, components: Components, pos: int) -> list[st
     return labels
 
 
-def hook_names(site: Site) -> list[str]:
+def hook_names(site: Site, parallel: bool = False) -> list[str]:
     """Hooks whose values a site's delta and start point need."""
     L = site.layer
     if site.kind == "head":
-        return [f"blocks.{L}.attn.hook_z", f"blocks.{L}.hook_resid_mid"]
+        return [f"blocks.{L}.attn.hook_z", start_point(site, parallel)[2]]
     if site.kind == "mlp":
         return [f"blocks.{L}.hook_mlp_out", f"blocks.{L}.hook_resid_post"]
     return [f"blocks.{L}.hook_resid_pre"]
 
 
-def start_point(site: Site) -> tuple[int, bool, str]:
+def start_point(site: Site, parallel: bool = False) -> tuple[int, bool, str]:
     """(layer to resume at, whether it is the mid-block point, hook holding the base residual there)."""
     L = site.layer
-    if site.kind == "head":
+    if site.kind == "head" and not parallel:
         return L, True, f"blocks.{L}.hook_resid_mid"
-    if site.kind == "mlp":
+    if site.kind in ("mlp", "head"):
         return L + 1, False, f"blocks.{L}.hook_resid_post"
     return L, False, f"blocks.{L}.hook_resid_pre"
 
@@ -88,7 +90,7 @@ def site_delta(
     L = site.layer
     if site.kind == "head":
         name = f"blocks.{L}.attn.hook_z"
-        d = head_out(model, L, site.index, s[name][:, :, site.index] - b[name][:, :, site.index])
+        d = head_delta(model, L, site.index, b[name], s[name])
     elif site.kind == "mlp":
         name = f"blocks.{L}.hook_mlp_out"
         d = s[name] - b[name]
@@ -109,7 +111,7 @@ def patch_deltas(
     sites = [parse_site(label, a) for label in labels]
     groups: dict[tuple[int, bool, str], list[int]] = {}
     for i, site in enumerate(sites):
-        groups.setdefault(start_point(site), []).append(i)
+        groups.setdefault(start_point(site, a.parallel), []).append(i)
     B, pos = runs.base.cache[next(iter(runs.base.cache))].shape[:2]
     per = variants_per_chunk(B, pos, a, max_rows)
     work = [(key, [idx[i] for i in c]) for key, idx in groups.items() for c in chunks(len(idx), per)]
@@ -141,7 +143,7 @@ def activation_patch(
     labels = expand_components(model, components, input_ids.shape[1])
     a = arch(model)
     sites = [parse_site(label, a) for label in labels]
-    names = sorted({n for s in sites for n in hook_names(s)})
+    names = sorted({n for s in sites for n in hook_names(s, a.parallel)})
     runs = make_runs(model, input_ids, attention_mask, corruption, metric, direction, names)
     mask = position_mask(positions, *input_ids.shape)
     values = patch_deltas(model, runs, metric, labels, lambda s: site_delta(model, runs, s, mask), max_rows=max_rows,

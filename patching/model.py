@@ -1,7 +1,8 @@
 """Model access for patching: architecture numbers, weight slices, and forwards that resume mid-model.
 
-Works on a TransformerLens 4.x ``TransformerBridge`` around a Llama-family HF model (pre-norm blocks:
-``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``; q/k/v/o projections; RMSNorm; grouped-query attention).
+Works on a TransformerLens 4.x ``TransformerBridge`` around any family in ``patching.families`` (pre-norm blocks
+``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``, or NeoX's parallel ``x + attn(ln1(x)) + mlp(ln2(x))``, with
+Gemma-2's post-attention/post-MLP norms; grouped-query attention where the family has it).
 
 The speed of batched patching comes from ``run_from``: every patch of a component in layer L leaves the
 residual stream before L unchanged, so patched variants restart from the cached residual at L instead of
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+from patching.families import family, family_of_config, logit_softcap
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge as Model
@@ -41,6 +44,7 @@ class Arch:
     d_model: int
     d_mlp: int
     vocab: int
+    parallel: bool = False  # attention and MLP of a layer read the same residual (GPT-NeoX): no hook_resid_mid
 
     @property
     def group_size(self) -> int:
@@ -49,14 +53,17 @@ class Arch:
 
 
 def arch(model: Model) -> Arch:
-    """Architecture numbers of a bridged (or plain HF) Llama-family model, from the HF config."""
+    """Architecture numbers of a bridged (or plain HF) model of a supported family, from the HF config."""
     c = getattr(model, "original_model", model).config
+    fam = family_of_config(c)
     n_heads = c.num_attention_heads
+    d_mlp = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * c.hidden_size
     return Arch(
         n_layers=c.num_hidden_layers, n_heads=n_heads,
         n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
         d_head=getattr(c, "head_dim", None) or c.hidden_size // n_heads, d_model=c.hidden_size,
-        d_mlp=c.intermediate_size, vocab=c.vocab_size,
+        d_mlp=d_mlp, vocab=c.vocab_size,
+        parallel=fam.parallel and bool(getattr(c, "use_parallel_residual", True)),
     )
 
 
@@ -118,21 +125,48 @@ def all_labels(a: Arch, kind: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- weights
 
 
-def _linear(bridge_component) -> torch.nn.Linear:
-    """The HF linear module a bridge LinearBridge wraps."""
+def _linear(bridge_component) -> torch.nn.Module:
+    """The HF projection a bridge LinearBridge wraps (an ``nn.Linear``, or GPT-2's ``Conv1D``)."""
     return bridge_component.original_component
 
 
 def head_out_weight(model: Model, layer: int, head: int) -> Float[Tensor, "d_model d_head"]:
-    """The o_proj columns that map head ``head``'s output (hook_z) into the residual stream."""
+    """The o_proj columns that map head ``head``'s output (hook_z) into the residual stream.
+
+    GPT-2's output projection is a Conv1D stored ``[in, out]``: there the head's rows, transposed.
+    """
     a = arch(model)
     w = _linear(model.blocks[layer].attn.o).weight
+    if family(model).o_heads_dim == 0:
+        return w[head * a.d_head:(head + 1) * a.d_head, :].T
     return w[:, head * a.d_head:(head + 1) * a.d_head]
 
 
 def head_out(model: Model, layer: int, head: int, z: Float[Tensor, "*batch d_head"]) -> Float[Tensor, "*batch d_model"]:
-    """A head's contribution to the residual stream from its hook_z slice (o_proj bias excluded)."""
-    return z @ head_out_weight(model, layer, head).T
+    """A head's contribution to the output projection from its hook_z slice (o_proj bias excluded).
+
+    It is the head's contribution to the residual stream unless the family normalizes the attention output
+    before adding it (Gemma-2): use ``head_delta`` for residual-stream deltas.
+    """
+    return z @ head_out_weight(model, layer, head).to(z.dtype).T
+
+
+def head_delta(
+    model: Model, layer: int, head: int, z_base: Float[Tensor, "batch pos n_heads d_head"],
+    z_source: Float[Tensor, "batch pos n_heads d_head"],
+) -> Float[Tensor, "batch pos d_model"]:
+    """What the residual stream gains when head ``head`` of ``layer`` takes ``z_source`` and the rest ``z_base``.
+
+    Linear in the head's hook_z difference for every family except those with a post-attention norm
+    (Gemma-2), where the whole layer's output is recomputed with and without the patch.
+    """
+    if not family(model).post_norms:
+        return head_out(model, layer, head, z_source[:, :, head] - z_base[:, :, head])
+    block = model.blocks[layer]
+    o, post = _linear(block.attn.o), block.ln1_post.original_component
+    mixed = z_base.clone()
+    mixed[:, :, head] = z_source[:, :, head]
+    return post(o(mixed.flatten(2))) - post(o(z_base.flatten(2)))
 
 
 def project_qkv(
@@ -155,19 +189,26 @@ def project_qkv(
 
 @dataclass
 class Recording:
-    """One forward's cached activations, last-position logits, and the kwargs every block received."""
+    """One forward's cached activations, last-position logits, and the arguments every block received."""
 
     logits: Float[Tensor, "batch vocab"]
     cache: dict[str, Tensor]
     block_kwargs: list[dict] = field(default_factory=list)
     batch: int = 0
+    block_args: list[tuple] = field(default_factory=list)  # positional arguments after hidden_states (GPT-2)
+
+
+def _no_cache(value):
+    """None for a KV cache object (replaying one would grow it at every call), else the value."""
+    return None if hasattr(value, "get_seq_length") else value
 
 
 def _block_kwargs(kwargs: dict) -> dict:
-    """A block's kwargs made replayable: no KV cache (it would grow at every replay)."""
-    out = dict(kwargs)
-    if "past_key_values" in out:
-        out["past_key_values"] = None
+    """A block's kwargs made replayable: no KV cache, whatever the family calls it."""
+    out = {k: _no_cache(v) for k, v in kwargs.items()}
+    for name in ("past_key_values", "past_key_value", "layer_past", "cache"):
+        if name in out:
+            out[name] = None
     if "use_cache" in out:
         out["use_cache"] = False
     out.pop("hidden_states", None)
@@ -188,6 +229,7 @@ def record(
     names = set(names)
     cache: dict[str, Tensor] = {}
     kwargs: dict[int, dict] = {}
+    args_after: dict[int, tuple] = {}
 
     def saver(name: str):
         def save(x, hook):  # keyed by the requested name: aliases (hook_z) fire under their target's name
@@ -199,6 +241,7 @@ def record(
     for i, block in enumerate(model.blocks):
         def pre(mod, args, kw, i=i):
             kwargs[i] = _block_kwargs(kw)
+            args_after[i] = tuple(_no_cache(a) for a in args[1:])
 
         handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
     try:
@@ -210,8 +253,9 @@ def record(
     missing = names - cache.keys()
     if missing:
         raise ValueError(f"hooks {sorted(missing)[:3]} did not fire; check the hook names exist in model.hook_dict")
-    return Recording(logits[:, -1, :].detach(), cache, [kwargs[i] for i in range(len(model.blocks))],
-                     input_ids.shape[0])
+    n = len(model.blocks)
+    return Recording(logits[:, -1, :].detach(), cache, [kwargs[i] for i in range(n)], input_ids.shape[0],
+                     [args_after[i] for i in range(n)])
 
 
 def _repeat(value, batch: int, times: int):
@@ -236,28 +280,42 @@ def run_from(
 
     ``resid`` stacks ``rows = k * rec.batch`` prompts (variant-major); ``mid=True`` means ``resid`` is the
     residual after layer ``layer``'s attention (hook_resid_mid), so only that layer's MLP half is run
-    first. ``layer == n_layers`` means ``resid`` is the final residual stream.
+    first (not for parallel blocks, which have no such point). ``layer == n_layers`` means ``resid`` is the
+    final residual stream.
     """
     rows = resid.shape[0]
     if rows % rec.batch:
         raise ValueError(f"{rows} rows are not a multiple of the recorded batch {rec.batch}")
     times = rows // rec.batch
-    x = resid
+    x = resid.to(model_dtype(model))  # a float32 delta or mask must not promote a bf16 model's residual
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         if mid:
+            if arch(model).parallel:
+                raise ValueError("parallel attention+MLP blocks have no mid-block residual to resume from")
             block = model.blocks[layer]
-            x = x + block.mlp(block.ln2(x))
+            out = block.mlp(block.ln2(x))
+            if family(model).post_norms:
+                out = block.ln2_post(out)
+            x = x + out
             layer += 1
         for i in range(layer, len(model.blocks)):
             kw = {k: _repeat(v, rec.batch, times) for k, v in rec.block_kwargs[i].items()}
-            out = model.blocks[i](x, **kw)
+            args = _repeat(rec.block_args[i], rec.batch, times) if rec.block_args else ()
+            out = model.blocks[i](x, *args, **kw)
             x = out[0] if isinstance(out, tuple) else out
         return final_logits(model, x[:, -1, :])
 
 
 def final_logits(model: Model, resid_last: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
-    """Logits from final-layer residuals at the prediction position (ln_final then unembed)."""
-    return model.unembed(model.ln_final(resid_last[:, None, :]))[:, 0, :]
+    """Logits from final-layer residuals at the prediction position (ln_final, unembed, Gemma-2's soft-cap)."""
+    logits = model.unembed(model.ln_final(resid_last[:, None, :].to(model_dtype(model))))[:, 0, :]
+    cap = logit_softcap(model)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def model_dtype(model: Model) -> torch.dtype:
+    """The dtype the model computes in (its first floating-point parameter's)."""
+    return next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
 
 
 def chunks(n: int, size: int) -> list[range]:

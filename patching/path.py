@@ -32,7 +32,7 @@ from patching.model import (
     arch,
     chunks,
     final_logits,
-    head_out,
+    head_delta,
     parse_site,
     project_qkv,
     run_from,
@@ -49,7 +49,7 @@ def sender_delta(model: Model, runs: Runs, site: Site) -> Float[Tensor, "batch p
     b, s = runs.base.cache, runs.source.cache
     if site.kind == "head":
         name = f"blocks.{site.layer}.attn.hook_z"
-        return head_out(model, site.layer, site.index, s[name][:, :, site.index] - b[name][:, :, site.index])
+        return head_delta(model, site.layer, site.index, b[name], s[name])
     if site.kind == "mlp":
         name = f"blocks.{site.layer}.hook_mlp_out"
         return s[name] - b[name]

@@ -139,3 +139,39 @@ def test_cli_compare_and_report(tmp_path):
     res = CliRunner().invoke(app, ["compare", "factworld", "factworld", "--methods", "probe,bogus", "--out",
                                    str(tmp_path / "x")])
     assert res.exit_code != 0 and "bogus" in res.output
+
+
+def test_shards_merge_into_the_unsharded_summary(tmp_path):
+    """compare --shard 0/2 and 1/2, then --merge: the same summary as one unsharded run. The random baseline's
+    budget comes from the probe cell of the other shard, re-localized there. Per-run timings and the record of the
+    MCQ shot choice (made by the first evaluated cell of a seed, in each shard) are the only differences."""
+    from mechedit.compare import merge
+
+    settings = CompareSettings(model="factworld", facts="factworld", relation="sport", methods=["probe", "random"],
+                               n_facts=8, seeds=1, steps=5, max_maintain=16, relearn=False, latent=False)
+    whole = compare(settings, tmp_path / "whole", progress=False)
+    for i in range(2):
+        compare(settings, tmp_path / f"s{i}", progress=False, shard=(i, 2))
+    merged = merge([tmp_path / "s1", tmp_path / "s0"], tmp_path / "merged")
+
+    def strip(metrics: dict) -> dict:
+        return {k: v for k, v in metrics.items() if k != "extra"}
+
+    assert [(r.seed, r.method) for r in merged.runs] == [(r.seed, r.method) for r in whole.runs]
+    assert [strip(r.metrics) for r in merged.runs] == [strip(r.metrics) for r in whole.runs]
+    assert merged.methods == whole.methods and merged.paired == whole.paired
+    assert (tmp_path / "merged" / "summary.csv").read_text() == (tmp_path / "whole" / "summary.csv").read_text()
+    res = CliRunner().invoke(app, ["compare", "--merge", str(tmp_path / "s0"), "--merge", str(tmp_path / "s1"),
+                                   "--out", str(tmp_path / "cli-merged")])
+    assert res.exit_code == 0 and (tmp_path / "cli-merged" / "report.html").exists(), res.output
+    # bad input: one line naming the culprit
+    res = CliRunner().invoke(app, ["compare", "factworld", "factworld", "--shard", "2/2", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--shard '2/2': index 2 out of range 0..1" in res.output
+    res = CliRunner().invoke(app, ["compare", "--merge", str(tmp_path / "s0"), "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "shard(s) 1/2 missing" in res.output
+    other = json.loads((tmp_path / "s1" / "shard.json").read_text())
+    other["settings"]["steps"] = 6
+    (tmp_path / "s1" / "shard.json").write_text(json.dumps(other))
+    res = CliRunner().invoke(app, ["compare", "--merge", str(tmp_path / "s0"), "--merge", str(tmp_path / "s1"),
+                                   "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "setting 'steps' is 6" in res.output and len(res.output.strip().splitlines()) == 1

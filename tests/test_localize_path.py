@@ -18,9 +18,18 @@ def sport_path(factworld, sport_facts):
     return localize(factworld, sport_facts, "path", progress=False, max_facts=48)
 
 
-def test_path_localizer_finds_extraction_heads_and_feeding_mlps(factworld, sport_path):
-    loc = sport_path
-    s = arch(factworld)
+@pytest.fixture(scope="module")
+def world_sport_path(world_model, factworld, sport_facts, request):
+    """The path localization on factworld in each layout (Llama: ``sport_path``; GPT-2: ground truth across
+    layouts)."""
+    if world_model is factworld:
+        return request.getfixturevalue("sport_path")
+    return localize(world_model, sport_facts, "path", progress=False, max_facts=48)
+
+
+def test_path_localizer_finds_extraction_heads_and_feeding_mlps(world_model, world_sport_path):
+    loc = world_sport_path
+    s = arch(world_model)
     assert loc.method == "path" and loc.components and all(isinstance(c, MLP) for c in loc.components)
     assert set(loc.scores) == {Head(layer, h) for layer in range(s.n_layers) for h in range(s.n_heads)} | {
         MLP(layer) for layer in range(s.n_layers)}
@@ -34,30 +43,30 @@ def test_path_localizer_finds_extraction_heads_and_feeding_mlps(factworld, sport
     assert all(c.layer < last for c in loc.components)
     best_mlp = max(loc.scores[MLP(layer)] for layer in range(s.n_layers))
     assert all(loc.scores[c] >= loc.extra["mlp_fraction"] * best_mlp for c in loc.components)
-    assert loc.n_params == n_params(factworld, loc.components)
+    assert loc.n_params == n_params(world_model, loc.components)
     assert Localization.from_dict(loc.to_dict()).to_dict() == loc.to_dict()
 
 
-def test_path_mlps_carry_the_fact_at_the_subject(factworld, sport_facts, sport_path):
+def test_path_mlps_carry_the_fact_at_the_subject(world_model, sport_facts, world_sport_path):
     """Ground truth: with the subject corrupted, restoring a chosen MLP's clean output at the subject tokens
     alone recovers part of the answer (activation patching, denoising)."""
     from patching.activation import activation_patch
     from patching.corrupt import subject_mask
 
-    setup = patch_setup(factworld, sport_facts, max_facts=48, seed=1)
+    setup = patch_setup(world_model, sport_facts, max_facts=48, seed=1)
     b = setup.batch
     mask = subject_mask(b.subject_start, b.subject_last, b.input_ids.shape[1])
-    res = activation_patch(factworld, b.input_ids, b.attention_mask, setup.corruption, setup.metric,
+    res = activation_patch(world_model, b.input_ids, b.attention_mask, setup.corruption, setup.metric,
                            components="mlps", positions=mask, direction="denoising").scores()
-    chosen = {str(c) for c in sport_path.components}
+    chosen = {str(c) for c in world_sport_path.components}
     assert all(res[c] > 0.1 for c in chosen)  # each chosen MLP's subject-position output matters on its own
     assert sum(res[c] for c in chosen) > 0.2
 
 
-def test_path_overlaps_probe_range(factworld, sport_facts, sport_path):
-    """The MLPs feeding the extraction heads overlap the probe's fact-lookup range (failed on factworld v1)."""
-    probe = localize(factworld, sport_facts, "probe", progress=False)
-    assert set(probe.layers) & set(sport_path.layers), (probe.layers, sport_path.layers)
+def test_path_overlaps_probe_range(world_model, sport_facts, world_sport_path):
+    """The MLPs feeding the extraction heads overlap the probe's fact-lookup range (failed on world_model v1)."""
+    probe = localize(world_model, sport_facts, "probe", progress=False)
+    assert set(probe.layers) & set(world_sport_path.layers), (probe.layers, world_sport_path.layers)
 
 
 def test_ranking_baselines_cut_to_the_path_budget(factworld, sport_facts, sport_path):

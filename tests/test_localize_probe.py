@@ -20,13 +20,23 @@ from mechedit.plots.probe_accuracy import plot_probe_accuracy
 pytestmark = pytest.mark.filterwarnings("ignore:the chosen range ends at the final layer")
 
 
-@pytest.fixture(scope="module")
-def sport_loc(factworld, world_facts):
+def _sport_loc(model, world_facts):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loc = localize(factworld, world_facts, "probe", relation="sport", progress=False)
+        loc = localize(model, world_facts, "probe", relation="sport", progress=False)
     loc.extra["_caught"] = [str(w.message) for w in caught if "final layer" in str(w.message)]
     return loc
+
+
+@pytest.fixture(scope="module")
+def sport_loc(factworld, world_facts):
+    return _sport_loc(factworld, world_facts)
+
+
+@pytest.fixture(scope="module")
+def world_sport_loc(world_model, factworld, world_facts, request):
+    """The sport localization on factworld in each layout (the Llama one is ``sport_loc``)."""
+    return request.getfixturevalue("sport_loc") if world_model is factworld else _sport_loc(world_model, world_facts)
 
 
 # ------------------------------------------------------------------ the rule
@@ -57,13 +67,14 @@ def test_choose_layer_range_refuses(curve, baseline, kw, error):
 # ------------------------------------------------------------------ factworld
 
 
-def test_probe_localization_factworld(factworld, world_facts, sport_loc):
-    """Chosen MLPs are where the sport becomes decodable: chance before the range, the plateau after it."""
-    loc = sport_loc
+def test_probe_localization_factworld(world_model, world_facts, world_sport_loc):
+    """Chosen MLPs are where the sport becomes decodable: chance before the range, the plateau after it (factworld
+    in its Llama and in its GPT-2 layout)."""
+    loc = world_sport_loc
     ex = loc.extra
     start, end = ex["chosen_range"]
     assert loc.method == "probe" and loc.components == [MLP(layer) for layer in range(start, end + 1)]
-    assert loc.n_params == n_params(factworld, loc.components)
+    assert loc.n_params == n_params(world_model, loc.components)
     assert ex["relation"] == "sport" and ex["n_facts"] == 320 and ex["classes"] == ["chess", "golf", "rugby", "tennis"]
     curve = loc.probe_accuracy
     assert len(curve) == 4 and curve == ex["curves"]["subject"]

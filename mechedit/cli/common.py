@@ -32,6 +32,18 @@ EXIT_USER = 2
 EXIT_BUG = 1
 EXIT_INTERRUPT = 130
 FORCE_HELP = "replace an existing output (otherwise the command refuses to overwrite it)"
+DEVICE_HELP = "torch device to run on: cpu, cuda, cuda:N or mps (it must exist here)"
+DTYPE_HELP = "float32, bfloat16 or float16 (float16 only on a GPU); probes and metrics are computed in float32"
+
+
+def device_option():
+    """The ``--device`` option every command that loads a model takes (one definition)."""
+    return typer.Option("cpu", "--device", help=DEVICE_HELP)
+
+
+def dtype_option():
+    """The ``--dtype`` option every command that loads a model takes (one definition)."""
+    return typer.Option("float32", "--dtype", help=DTYPE_HELP)
 _state = {"debug": False}
 
 

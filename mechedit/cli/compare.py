@@ -10,21 +10,25 @@ from rich.markup import escape
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import FORCE_HELP, console, read_facts, user_errors
+from mechedit.cli.common import FORCE_HELP, console, device_option, dtype_option, read_facts, user_errors
 from mechedit.compare import (
     CELL_LEGEND,
     PAIRED_LEGEND,
     PAIRED_REFERENCES,
+    SHARD_FILE,
     CompareSettings,
     Comparison,
     paired_rows,
+    parse_shard,
     summary_title,
     table_rows,
 )
 from mechedit.compare import compare as run_compare
+from mechedit.compare import merge as merge_runs
 from mechedit.edit.objectives import OBJECTIVES
 from mechedit.evaluate.relearn import MODES
 from mechedit.localize import METHODS
+from mechedit.models import check_precision
 from mechedit.report import write_report
 from mechedit.validate import atomic_dir, check_choice, check_count, check_output
 
@@ -71,16 +75,27 @@ def check_settings(settings, out: Path, force: bool) -> None:
                           ("--relearn-steps", settings.relearn_steps)):
         check_count(option, value)
     check_choice("--relearn-mode", "mode", settings.relearn_mode, MODES)
+    check_precision(settings.device, settings.dtype)
     check_output(out, "--out", force, kind="dir")
     read_facts(settings.facts)
 
 
-def run_and_report(settings, out: Path, force: bool = False) -> None:
-    """Run compare into a temporary directory, write the report, then move it to ``out``; print table and time."""
+def run_and_report(settings, out: Path, force: bool = False, shard: tuple[int, int] | None = None,
+                   merge_dirs: list[Path] | None = None) -> None:
+    """Run compare (or one shard of it, or merge shards) into a temporary directory, write the report, then move it
+    to ``out``; print table and time."""
     t0 = time.time()
     with atomic_dir(out, replace=force) as tmp:
-        summary = run_compare(settings, tmp)
-        write_report(tmp)
+        if shard is not None:
+            run_compare(settings, tmp, shard=shard)
+        else:
+            summary = merge_runs(merge_dirs, tmp) if merge_dirs else run_compare(settings, tmp)
+            write_report(tmp)
+    if shard is not None:
+        console.print(f"shard {shard[0]}/{shard[1]} → {out / SHARD_FILE}; merge all shards with "
+                      f"`mechedit compare --merge DIR --merge DIR ... --out OUT`")
+        console.print(f"elapsed {time.time() - t0:.0f} s")
+        return
     console.print(summary_table(summary))
     for table in paired_tables(summary):
         console.print(table)
@@ -90,8 +105,8 @@ def run_and_report(settings, out: Path, force: bool = False) -> None:
 
 @app.command()
 def compare(
-    model: str = typer.Argument(..., help="factworld, smollm2-135m, a local HF directory or a hub name"),
-    facts: str = typer.Argument(..., help="a CSV/JSONL path or a bundled set: sports, counterfact, factworld"),
+    model: str | None = typer.Argument(None, help="factworld, smollm2-135m, a local HF directory or a hub name"),
+    facts: str | None = typer.Argument(None, help="a CSV/JSONL path or a bundled set: sports, counterfact, factworld"),
     methods: str = typer.Option("probe,path,causal-tracing,nonlocalized", "--methods", help="comma-separated"),
     objective: str = typer.Option("edit", "--objective"),
     n_facts: int = typer.Option(32, "--n-facts", help="facts to change per seed (half are held out from relearning)"),
@@ -104,18 +119,36 @@ def compare(
     max_maintain: int = typer.Option(64, "--max-maintain", help="maintain facts per run (seeded sample)"),
     diagnostics: bool = typer.Option(False, "--diagnostics/--no-diagnostics", help="PCA/CKA/Fisher per layer"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
+    shard: str | None = typer.Option(None, "--shard", metavar="I/N",
+                                     help="run only cells I, I+N, ... of the (seed, method) cells; write shard.json"),
+    merge: list[Path] = typer.Option([], "--merge", metavar="DIR",
+                                     help="build the summary and report from shard directories (repeat per shard)"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Localize with each method (baselines cut to the fact-lookup budget), edit identically, verify, compare."""
+    """Localize with each method (baselines cut to the fact-lookup budget), edit identically, verify, compare.
+
+    Spread over machines: run ``--shard i/N`` for i = 0..N-1 (e.g. a SLURM array), then ``--merge`` their outputs.
+    """
     with user_errors():
+        if merge:
+            if model or facts or shard:
+                raise ValueError("--merge takes only shard directories and --out (no MODEL, FACTS or --shard)")
+            check_output(out, "--out", force, kind="dir")
+            run_and_report(None, out, force, merge_dirs=merge)
+            return
+        if not model or not facts:
+            raise ValueError("MODEL and FACTS are required (unless --merge)")
+        part = parse_shard(shard) if shard is not None else None
         names = [m.strip() for m in methods.split(",") if m.strip()]
         settings = CompareSettings(model=model, facts=facts, methods=names,
                                    objective=objective, n_facts=n_facts, seeds=seeds, relation=relation, steps=steps,
                                    relearn=relearn, relearn_steps=relearn_steps, relearn_mode=relearn_mode,
                                    max_maintain=max_maintain,
-                                   diagnostics=diagnostics)
+                                   diagnostics=diagnostics, device=device, dtype=dtype)
         check_settings(settings, out, force)
-        run_and_report(settings, out, force)
+        run_and_report(settings, out, force, shard=part)
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mechedit.cli import app
-from mechedit.cli.common import FORCE_HELP, console, user_errors
+from mechedit.cli.common import FORCE_HELP, console, device_option, dtype_option, user_errors
 from mechedit.cli.compare import check_settings, run_and_report
 from mechedit.compare import CompareSettings
 
@@ -36,13 +36,15 @@ DEMO_SCOPE = {
 def demo(
     model: str = typer.Option("smollm2-135m", "--model", help="smollm2-135m (a few minutes) or factworld (~1 min)"),
     out: Path = typer.Option(Path("runs/demo"), "--out"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Compare fact-lookup localization with baselines on a bundled model: table, report, elapsed time."""
     with user_errors():
         if model not in DEMO:
             raise ValueError(f"demo runs on {', '.join(DEMO)}; use `mechedit compare` for other models")
-        settings = CompareSettings(model=model, **DEMO[model])
+        settings = CompareSettings(model=model, **DEMO[model], device=device, dtype=dtype)
         check_settings(settings, out, force)
         run_and_report(settings, out, force)
         console.print(f"[dim]{DEMO_SCOPE[model]}[/]")

@@ -14,6 +14,8 @@ from mechedit.cli.common import (
     FORCE_HELP,
     check_localization_fits,
     console,
+    device_option,
+    dtype_option,
     is_bundled,
     print_notes,
     read_facts,
@@ -53,6 +55,8 @@ def edit(
     n_forget: int = typer.Option(16, "--n-forget", help="facts to mark when FACTS has no target/forget column"),
     known_only: bool = typer.Option(True, "--known-only/--all-facts", help="mark only facts the model knows"),
     seed: int = typer.Option(0, "--seed"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Edit (or unlearn) FACTS in MODEL by training only the localized components; write the revertible delta."""
@@ -68,7 +72,7 @@ def edit(
         loc = read_localization(localization, "--localization")
         fs = read_facts(facts)
         t0 = time.time()
-        m = load_model(model)
+        m = load_model(model, device=device, dtype=dtype)
         check_localization_fits(loc, m, localization, "--localization")
         fs = marked_facts(m, fs, objective, n_forget, seed, known_only, bundled=is_bundled(facts))
         print_notes(fs)

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from mechedit.cli import app
-from mechedit.cli.common import FORCE_HELP, console, is_bundled, read_facts, user_errors
+from mechedit.cli.common import FORCE_HELP, console, device_option, dtype_option, is_bundled, read_facts, user_errors
 from mechedit.edit import EditError, EditResult
 from mechedit.edit.marking import checked_facts, marked_facts
 from mechedit.evaluate import RelearnConfig
@@ -125,6 +125,8 @@ def evaluate(
     facts_override: bool = typer.Option(False, "--facts-override",
                                         help="score FACTS' own marks even when they differ from the edit's facts"),
     seed: int = typer.Option(0, "--seed"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Verify an edit: is the fact gone, or only hidden? Writes metrics.json (nothing if anything fails)."""
@@ -142,7 +144,7 @@ def evaluate(
         result = EditResult.load(edit) if edit is not None else None
         fs0 = read_facts(facts)
         t0 = time.time()
-        m = load_model(model)
+        m = load_model(model, device=device, dtype=dtype)
         try:
             if result is not None:
                 result._state(m)  # refuses a model that is neither the edit's base nor carries it

@@ -15,6 +15,8 @@ from mechedit.cli.common import (
     FORCE_HELP,
     check_localization_fits,
     console,
+    device_option,
+    dtype_option,
     is_bundled,
     print_notes,
     read_facts,
@@ -80,6 +82,8 @@ def localize(
     known_only: bool = typer.Option(True, "--known-only/--all-facts", help="keep only facts the model knows"),
     n_facts: int | None = typer.Option(None, "--n-facts", help="use a seeded sample of this many facts"),
     seed: int = typer.Option(0, "--seed"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Localize where MODEL stores FACTS and write loc.json (and figures); nothing is written if anything fails."""
@@ -94,7 +98,7 @@ def localize(
         budget_loc = read_localization(budget_from, "--budget-from") if budget_from else None
         fs = read_facts(facts)
         t0 = time.time()
-        m = load_model(model)
+        m = load_model(model, device=device, dtype=dtype)
         if budget_loc is not None:
             check_localization_fits(budget_loc, m, budget_from, "--budget-from")
         fs = checked_facts(m, fs, is_bundled(facts))

@@ -11,7 +11,16 @@ from rich.table import Table
 
 from mechedit.cache import cache_dir, cache_entries, clear_cache, dir_bytes, entry_name, inspect_cache
 from mechedit.cli import app
-from mechedit.cli.common import FORCE_HELP, console, is_bundled, print_notes, read_facts, user_errors
+from mechedit.cli.common import (
+    FORCE_HELP,
+    console,
+    device_option,
+    dtype_option,
+    is_bundled,
+    print_notes,
+    read_facts,
+    user_errors,
+)
 from mechedit.edit.marking import checked_facts
 from mechedit.localize.profile import LOOKUP_MARGIN, profile_relations
 from mechedit.models import available_models, load_model
@@ -76,10 +85,11 @@ def _verify_table() -> int:
 FORMATS = ("prompt", "chat", "paraphrase", "mcq", "mcq-letter")
 
 
-def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limit: int | None = None, fs=None):
+def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limit: int | None = None, fs=None,
+                     device: str = "cpu", dtype: str = "float32"):
     """Load a model and a fact set; return (all facts, known facts, rich table per relation)."""
     fs = fs if fs is not None else read_facts(facts_spec)
-    model = load_model(model_name)
+    model = load_model(model_name, device=device, dtype=dtype)
     facts = checked_facts(model, fs, is_bundled(facts_spec))
     if limit:
         facts = facts.sample(limit, seed=0)
@@ -100,9 +110,10 @@ def known_fact_table(model_name: str, facts_spec: str, fmt: str = "prompt", limi
     return facts, known, table
 
 
-def profile_table(model_name: str, facts_spec: str, fs, limit: int | None, seed: int) -> Table:
+def profile_table(model_name: str, facts_spec: str, fs, limit: int | None, seed: int, device: str = "cpu",
+                  dtype: str = "float32") -> Table:
     """Per relation: known facts, classes, majority, lexical baseline and best probe (mechedit.localize.profile)."""
-    model = load_model(model_name)
+    model = load_model(model_name, device=device, dtype=dtype)
     facts = checked_facts(model, fs, is_bundled(facts_spec))
     print_notes(facts, limit=5)
     if limit:
@@ -142,6 +153,8 @@ def facts(
     limit: int | None = typer.Option(None, "--limit", help="score a seeded sample of this many facts"),
     profile: bool = typer.Option(False, "--profile", help="per relation: lexical baseline vs best layer's probe"),
     seed: int = typer.Option(0, "--seed", help="the probes' train/test split (with --profile)"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """How many facts MODEL knows (forced choice over candidates), per relation; --profile: which are looked up."""
@@ -155,10 +168,10 @@ def facts(
         if profile:
             if out is not None or known_only or fmt != "prompt":
                 raise ValueError("--profile takes no --out, --known-only or --format (it profiles prompt facts)")
-            console.print(profile_table(model, facts, fs, limit, seed))
+            console.print(profile_table(model, facts, fs, limit, seed, device=device, dtype=dtype))
             console.print(f"[dim]{time.time() - t0:.1f} s[/]")
             return
-        all_facts, known, table = known_fact_table(model, facts, fmt, limit, fs=fs)
+        all_facts, known, table = known_fact_table(model, facts, fmt, limit, fs=fs, device=device, dtype=dtype)
         console.print(table)
         print_notes(all_facts, limit=5)
         if out:

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Int
 
-from mechedit.models import hf_model_of, hf_parameters
-
-_FROZEN_ALWAYS = ("lm_head.", "model.embed_tokens.", "model.norm.")  # reference logits rely on these staying put
+from mechedit.models import hf_model_of, hf_parameters, set_flat
+from patching.families import family
 
 
 @dataclass
@@ -29,9 +28,9 @@ class Trainable:
     """One owned parameter: the model's tensor, the owned flat indices (None: all) and the trained leaf."""
 
     name: str  # plain HF name
-    module: torch.nn.Module  # the nn.Linear holding ``param`` as its weight
+    module: torch.nn.Module  # the nn.Linear (or GPT-2 Conv1D) holding ``param`` as its weight or bias
     param: torch.nn.Parameter
-    index: Int[torch.Tensor, " n_owned"] | None
+    index: Int[torch.Tensor, " n_owned"] | None  # flat (row-major) indices of the owned entries (None: all)
     leaf: torch.Tensor  # param itself (whole) or a 1-D copy of the owned entries
     original: torch.Tensor  # original values of the owned entries (whole tensor, or 1-D)
 
@@ -54,23 +53,23 @@ class TrainableSet:
         if not masks:
             raise ValueError("the localization owns no parameters; nothing to train")
         params = hf_parameters(model)
-        holders = {id(m._parameters.get("weight")): m for m in hf_model_of(model).modules()
-                   if isinstance(m, torch.nn.Linear)}
+        frozen = family(model).frozen  # embeddings, final norm, unembedding: reference logits rely on them
+        holders = {id(m._parameters.get(kind)): m for m in hf_model_of(model).modules() if _projection(m)
+                   for kind in ("weight", "bias") if m._parameters.get(kind) is not None}
         self.model = model
         self.items: list[Trainable] = []
         for name, mask in masks.items():
-            if name.startswith(_FROZEN_ALWAYS):
+            if name.startswith(frozen):
                 raise ValueError(f"parameter {name!r} cannot be edited (embeddings, final norm and unembedding "
                                  "stay frozen)")
             p = params[name]
-            if not p.is_contiguous():
-                raise ValueError(f"parameter {name!r} is not contiguous; cannot index its owned entries")
             if mask is not None and id(p) not in holders:
-                raise ValueError(f"parameter {name!r} is not the weight of an nn.Linear; cannot train part of it")
+                raise ValueError(f"parameter {name!r} is not the weight or bias of an nn.Linear or Conv1D; "
+                                 "cannot train part of it")
             if mask is None:
                 index, original = None, p.detach().clone()
-            else:
-                index = mask.reshape(-1).nonzero().squeeze(1)
+            else:  # row-major flat indices: GPT-2/NeoX q/k/v are non-contiguous views, so never .view(-1)
+                index = mask.reshape(-1).nonzero().squeeze(1).to(p.device)
                 original = p.detach().reshape(-1)[index].clone()
             self.items.append(Trainable(name, holders.get(id(p)), p, index, p, original))
         self._flags: dict[int, bool] = {}
@@ -91,20 +90,23 @@ class TrainableSet:
         self._flags = {id(p): p.requires_grad for p in all_params}
         for p in all_params:
             p.requires_grad_(False)
+        partial: dict[int, list[Trainable]] = {}
         for t in self.items:
             if t.index is None:
                 t.leaf = t.param
                 t.param.requires_grad_(True)
             else:
                 t.leaf = t.original.clone().requires_grad_(True)
-                self._hooks.append(t.module.register_forward_hook(_masked_linear_hook(t)))
+                partial.setdefault(id(t.module), []).append(t)
+        for ts in partial.values():
+            self._hooks.append(ts[0].module.register_forward_hook(_masked_projection_hook(ts)))
 
     @torch.no_grad()
     def write_back(self) -> None:
         """Copy trained owned entries into the model's partly owned tensors (unowned entries untouched)."""
         for t in self.items:
             if t.index is not None:
-                t.param.view(-1)[t.index] = t.leaf.detach()
+                set_flat(t.param, t.index, t.leaf.detach())
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -113,7 +115,7 @@ class TrainableSet:
             if t.index is None:
                 t.param.copy_(t.original)
             else:
-                t.param.view(-1)[t.index] = t.original
+                set_flat(t.param, t.index, t.original)
                 if t.leaf is not t.param:
                     t.leaf.copy_(t.original)
 
@@ -130,11 +132,23 @@ class TrainableSet:
             t.leaf = t.param
 
 
-def _masked_linear_hook(t: Trainable):
-    """Forward hook recomputing a Linear's output with the owned entries of its weight taken from ``t.leaf``."""
+def _projection(module: torch.nn.Module) -> bool:
+    """An ``nn.Linear`` or a GPT-2 ``Conv1D`` (``x @ W + b`` with ``W`` stored ``[in, out]``)."""
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _masked_projection_hook(ts: list[Trainable]):
+    """Forward hook recomputing a projection's output with its owned weight/bias entries taken from the leaves."""
 
     def hook(module, args, output):
-        weight = t.param.detach().reshape(-1).index_put((t.index,), t.leaf).view_as(t.param)
-        return F.linear(args[0], weight, module.bias)
+        values = {"weight": module.weight, "bias": module.bias}
+        for t in ts:
+            kind = "weight" if t.param is module.weight else "bias"
+            values[kind] = t.param.detach().reshape(-1).index_put((t.index,), t.leaf).view(t.param.shape)
+        weight, bias = values["weight"], values["bias"]
+        if isinstance(module, torch.nn.Linear):
+            return F.linear(args[0], weight, bias)
+        out = args[0] @ weight
+        return out if bias is None else out + bias
 
     return hook

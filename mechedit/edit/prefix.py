@@ -2,23 +2,24 @@
 
 Layers below the earliest trained layer ``L`` hold no trained entry and the training prompts come from fixed
 pools, so the residual stream entering layer ``L`` never changes during an edit. ``PrefixCache`` computes it
-once per pool row (original weights, no grad) and each step runs only layers ``L..`` on it, through the
-model's own rotary embedding, causal mask, decoder layers and final norm (the Llama-family forward). Before
-use it checks the fast path against the full forward on a few rows; if they disagree (an architecture whose
-forward differs) it warns and falls back to full forwards, so results never depend on the shortcut.
+once per pool row (original weights, no grad) and each step runs only layers ``L..`` on it. The HF base model's
+own forward does it, for every family in ``patching.families``: layers below ``L`` are swapped for
+pass-throughs for the call and a pre-hook hands layer ``L`` the cached residual, so the model itself builds its
+masks (Gemma-2's sliding window included), rotary or learned positions and final norm; only the embedding
+lookup below ``L`` is recomputed. Before use it checks the fast path against the full forward on a few rows; if
+they disagree it warns and falls back to full forwards, so results never depend on the shortcut.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import logging
-import sys
 
 import torch
 from jaxtyping import Float, Int
 
-from mechedit.models import hf_model_of
 from mechedit.tokens import pad_left
+from patching.families import decoder_layers, final_hidden
 from patching.model import Model
 
 log = logging.getLogger(__name__)
@@ -32,34 +33,50 @@ def full_hidden(
     model: Model, ids: Int[torch.Tensor, "b t"], mask: Int[torch.Tensor, "b t"]
 ) -> Float[torch.Tensor, "b t d"]:
     """Final (normed) hidden states of the HF model under the bridge (callers unembed the positions they need)."""
-    return hf_model_of(model).model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    return final_hidden(model, ids, mask)
 
 
-def _layers(base) -> list[torch.nn.Module]:
-    return list(base.layers[: base.config.num_hidden_layers])
+class _PassThrough(torch.nn.Module):
+    """Stands in for a skipped decoder layer: returns its input unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
 
 
-def _from_layer(model, start: int, x: Float[torch.Tensor, "b t d"], mask: Int[torch.Tensor, "b t"]):
-    """Run decoder layers ``start..`` and the final norm on residual-stream input ``x`` (Llama-family forward)."""
-    base = hf_model_of(model).model
-    create_causal_mask = sys.modules[type(base).__module__].create_causal_mask
-    position_ids = torch.arange(x.shape[1]).unsqueeze(0)
-    no_cache = {"cache": None} if "cache" in inspect.signature(create_causal_mask).parameters else \
-        {"past_key_values": None}  # transformers renamed it (5.x)
-    causal = create_causal_mask(config=base.config, inputs_embeds=x, attention_mask=mask, position_ids=position_ids,
-                                **no_cache)
-    pos_emb = base.rotary_emb(x, position_ids=position_ids)
-    h = x
-    for layer in _layers(base)[start:]:
-        h = layer(h, attention_mask=causal, position_embeddings=pos_emb, position_ids=position_ids, use_cache=False)
-        h = h[0] if isinstance(h, tuple) else h
-    return base.norm(h)
+@contextlib.contextmanager
+def _skip_below(model, start: int, x: Float[torch.Tensor, "b t d"]):
+    """Within the block, layers below ``start`` pass their input through and layer ``start`` receives ``x``."""
+    modules = decoder_layers(model)
+    holder = modules[start]
+
+    def inject(mod, args, kwargs):
+        if args:
+            return (x, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": x}
+
+    hook = holder.register_forward_pre_hook(inject, with_kwargs=True)
+    originals = [modules[i] for i in range(start)]
+    try:
+        for i in range(start):
+            modules[i] = _PassThrough()
+        yield
+    finally:
+        for i, m in enumerate(originals):
+            modules[i] = m
+        hook.remove()
+
+
+def _from_layer(model, start: int, ids: Int[torch.Tensor, "b t"], x: Float[torch.Tensor, "b t d"],
+                mask: Int[torch.Tensor, "b t"]):
+    """Run decoder layers ``start..`` and the final norm on residual-stream input ``x`` (ids only embed)."""
+    with _skip_below(model, start, x):
+        return full_hidden(model, ids, mask)
 
 
 @torch.no_grad()
 def _resid_in(model, start: int, rows: list[list[int]], pad_id: int) -> list[torch.Tensor]:
     """Residual stream entering layer ``start`` for each row ([len, d]), original weights."""
-    layer = _layers(hf_model_of(model).model)[start]
+    layer = decoder_layers(model)[start]
     out: list[torch.Tensor] = []
     for s in range(0, len(rows), CACHE_BATCH):
         ids, mask = pad_left(rows[s:s + CACHE_BATCH], pad_id)
@@ -106,7 +123,8 @@ class PrefixCache:
 
     def _fast(self, items: list[tuple[str, int]]):
         x, mask = pad_left([self.cache[n][i] for n, i in items])
-        return _from_layer(self.model, self.start, x, mask), mask
+        ids, _ = pad_left([self.pools[n][i] for n, i in items], self.pad_id)
+        return _from_layer(self.model, self.start, ids, x, mask), mask
 
     def hidden(self, items: list[tuple[str, int]]) -> tuple[Float[torch.Tensor, "b t d"], Int[torch.Tensor, "b t"]]:
         """Final hidden states and attention mask of a left-padded batch of pool rows ``(pool, index)``."""

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from mechedit.edit.config import EditConfig, EditError
 from mechedit.localize.localization import Localization
-from mechedit.models import fingerprint, hf_parameters
+from mechedit.models import fingerprint, hf_parameters, set_flat
 from mechedit.results import SavedResult
 from mechedit.validate import read_json, require_keys
 from patching.model import Model
@@ -106,7 +106,7 @@ class EditResult(SavedResult):
             if self.index[name] is None:
                 p.copy_(values[name])
             else:
-                p.view(-1)[self.index[name]] = values[name]
+                set_flat(p, self.index[name], values[name])
 
     def apply(self, model: Model) -> None:
         """Write the edited values into ``model`` (which must be this edit's base model), in place."""

@@ -33,8 +33,9 @@ from mechedit.edit.result import EditResult
 from mechedit.edit.teacher import replacement_subjects, teacher_distribution
 from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization
-from mechedit.models import fingerprint, hf_model_of
+from mechedit.models import fingerprint
 from mechedit.tokens import pad_left
+from patching.families import unembed
 from patching.model import Model
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ REF_BATCH = 64
 
 def log_probs(model: Model, h: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
     """Next-token log-probabilities from final hidden states (the unembedding is never trained)."""
-    return F.log_softmax(hf_model_of(model).lm_head(h).float(), dim=-1)
+    return F.log_softmax(unembed(model, h).float(), dim=-1)
 
 
 @torch.no_grad()

@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from mechedit.facts import Fact, FactError, FactSet
-from mechedit.models import hf_model_of, model_info
+from mechedit.models import model_info
 from mechedit.stats import bootstrap_ci, chance_accuracy, majority_chance
 from mechedit.tokens import encode, first_token_id
+from patching.families import unembedding
 from patching.model import Model, arch
 from probes import LogisticProbe, ProbeConvergenceWarning, RidgeProbe, collect_activations, stratified_split
 
@@ -244,7 +245,7 @@ def latent_probes(
         return LatentProbes(reason=f"no maintain facts (facts not marked to change) in '{facts.name}' to train "
                                    "probes on")
     maintain = facts.maintain_set() if len(forget) < len(facts) else facts.subset([])
-    rows = hf_model_of(original).lm_head.weight.detach().to(torch.float64)
+    rows = unembedding(original).weight.detach().to(torch.float64)
     tables = ("true", "new", "before", "quality")
     hits = {(m, t): [] for m in ("original", "fresh") for t in tables}
     hits["original", "quality_edited"] = []
