@@ -1,10 +1,10 @@
-# Two entry points, both self-contained on a fresh machine: `make demo` and `make test`.
+# Two entry points, both self-contained on a fresh machine: `make demo` and `make test` (and `make notebooks`).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lint bench clean
+.PHONY: demo test venv lint bench clean notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,3 +33,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV)
+
+# regenerate the notebooks, execute each one and export it with its outputs to docs/notebooks/*.html
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/make_notebooks.py
+	$(BIN)/python notebooks/export_notebooks.py

@@ -66,6 +66,17 @@ fig.update_xaxes(tickvals=list(range(len(tokens))), ticktext=tokens)
 print("subject tokens:", tokens[one.subject_start[0]: one.subject_last[0] + 1])
 fig
 ''',
+"md:## Interactive explorer\nPick a relation, a fact (or all of them averaged), a corruption and a metric: the explorer patches every head and MLP for that choice (heatmap and bars, extraction heads outlined), ranks the extraction heads by their direct effect on the logits, and shows where one of them looks from the last token. Its logic is one plain function, `CircuitExplorer.view`; the dropdowns (ipywidgets) only call it. Without ipywidgets — or in the exported HTML page of this notebook — `show()` draws the figures of the first relation, all facts, swap corruption and logit difference instead.",
+'''from mechedit.explorer import CircuitExplorer
+explorer = CircuitExplorer(model, facts, max_facts=16)
+explorer.show();   # the widget in a live notebook; the figures of one selection in a static page
+''',
+"md:The same function called directly, e.g. to see how the corruption changes the picture for one fact:",
+'''for corruption in ("swap", "random", "noise"):
+    view = explorer.view(explorer.relations[0], fact=0, corruption=corruption, metric="logit_diff")
+    top = ", ".join(f"{label} {effect:.2f}" for label, effect in view.extraction[:2])
+    print(f"{corruption:6s} clean {view.clean:5.2f}  corrupted {view.corrupt:5.2f}  top extraction heads: {top}")
+''',
 ])
 
 nb2 = nb([
@@ -127,5 +138,7 @@ plot_probe_accuracy(curves, title="probe accuracy per layer")
 
 out = Path(__file__).parent
 for name, n in [("01_circuit_exploration", nb1), ("02_localize_then_edit", nb2), ("03_probe_accuracy", nb3)]:
+    for i, cell in enumerate(n.cells):
+        cell.id = f"cell-{i:02d}"  # fixed ids: regenerating an unchanged notebook leaves its file unchanged
     nbf.write(n, out / f"{name}.ipynb")
 print("written")

@@ -27,6 +27,7 @@ import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from mechedit.compare import CompareSettings, compare  # noqa: E402
 from mechedit.evaluate.copying import clone_model  # noqa: E402
 from mechedit.facts import load_factworld  # noqa: E402
 from mechedit.localize.patch_setup import patch_setup  # noqa: E402
@@ -218,3 +219,14 @@ def city_batch(factworld, world_facts):
 def swap_setup(factworld, world_facts):
     """Twelve factworld facts, subject-swap corruption and logit-difference metric, for the patching tests."""
     return patch_setup(factworld, world_facts.sample(12, seed=1), corruption="swap", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_comparison(tmp_path_factory):
+    """(output directory, summary) of one small real comparison, run once per session for the compare and report
+    tests: 2 seeds x (probe, path, random, nonlocalized), short edits and attacks."""
+    out = tmp_path_factory.mktemp("compare")
+    settings = CompareSettings(model="factworld", facts="factworld", relation="sport",
+                               methods=["probe", "path", "random", "nonlocalized"], n_facts=8, seeds=2, steps=20,
+                               max_maintain=24, relearn_steps=6)
+    return out, compare(settings, out, progress=False)

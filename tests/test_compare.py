@@ -17,14 +17,10 @@ from mechedit.report import write_report
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A small real comparison: 2 seeds x (probe, path, random, nonlocalized), short edits and attacks."""
-    out = tmp_path_factory.mktemp("compare")
-    settings = CompareSettings(model="factworld", facts="factworld", relation="sport",
-                               methods=["probe", "path", "random", "nonlocalized"], n_facts=8, seeds=2, steps=20,
-                               max_maintain=24, relearn_steps=6)
-    summary = compare(settings, out, progress=False)
-    return out, summary
+def run_dir(small_comparison):
+    """conftest's small real comparison (shared with the report tests): 2 seeds x (probe, path, random,
+    nonlocalized), short edits and attacks."""
+    return small_comparison
 
 
 def test_compare_writes_every_file(run_dir):
