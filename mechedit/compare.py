@@ -32,7 +32,7 @@ from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
 from mechedit.localize import get_localizer
 from mechedit.localize.localization import Localization
 from mechedit.models import load_model
-from mechedit.results import SavedResult
+from mechedit.results import SavedResult, json_default
 from mechedit.scoring import known_facts
 from mechedit.stats import Interval, bootstrap_ci, paired_difference
 
@@ -272,7 +272,7 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
     if out_dir is not None and shard is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / SHARD_FILE).write_text(json.dumps(
-            {"shard": list(shard), **summary.to_dict()}, indent=2, default=_json_default))
+            {"shard": list(shard), **summary.to_dict()}, indent=2, default=json_default))
     elif out_dir is not None:
         write_run(Path(out_dir), summary)
     return summary
@@ -429,17 +429,11 @@ def write_run(out: Path, summary: Comparison) -> None:
         mine[0].localization.save(out / m)
         metrics = dict(mine[0].metrics)
         metrics["per_seed"] = [{"seed": r.seed, **r.metrics} for r in mine]
-        (out / m / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+        (out / m / "metrics.json").write_text(json.dumps(metrics, indent=2, default=json_default))
 
 
 def _fmt_csv(v) -> str:
     return "" if v is None else f"{v:.4f}"
-
-
-def _json_default(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def format_cell(stat: dict, sd: bool = True) -> str:

@@ -8,6 +8,6 @@ base lives there and mechedit reuses it).
 
 from __future__ import annotations
 
-from patching.result import FormatError, SavedResult
+from patching.result import FormatError, SavedResult, json_default
 
-__all__ = ["FormatError", "SavedResult"]
+__all__ = ["FormatError", "SavedResult", "json_default"]

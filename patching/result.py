@@ -28,7 +28,7 @@ def check_direction(direction: str) -> None:
         raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
 
 
-def _plain(o):
+def json_default(o):
     """JSON fallback for arrays and tensors (``tolist``) and NumPy scalars (``item``)."""
     for name in ("tolist", "item"):
         if hasattr(o, name):
@@ -49,6 +49,7 @@ class SavedResult:
 
     FILENAME: ClassVar[str]
     FORMAT_VERSION: ClassVar[int] = 1
+    JSON_INDENT: ClassVar[int] = 1
     extra: dict[str, Any]  # free-form details (curves, settings, timings) under the same name in every result
 
     def to_dict(self) -> dict:
@@ -64,12 +65,16 @@ class SavedResult:
         path = Path(path)
         return path if path.suffix == ".json" else path / cls.FILENAME
 
+    def to_json(self) -> str:
+        """The saved file's text: ``format_version`` first, then ``to_dict``."""
+        d = {"format_version": self.FORMAT_VERSION, **self.to_dict()}
+        return json.dumps(d, indent=self.JSON_INDENT, default=json_default)
+
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON into directory ``path`` (as ``FILENAME``) or to the ``.json`` file ``path``."""
         target = self.file_in(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        d = {"format_version": self.FORMAT_VERSION, **self.to_dict()}
-        target.write_text(json.dumps(d, indent=1, default=_plain))
+        target.write_text(self.to_json())
         return target
 
     @classmethod

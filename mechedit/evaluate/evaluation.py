@@ -9,7 +9,6 @@ every number the verdict used.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,9 +119,7 @@ class Evaluation(SavedResult):
 
     def save(self, path: str | Path) -> Path:
         """Write metrics.json into directory ``path`` or to the ``.json`` file ``path`` (atomically)."""
-        target = self.file_in(path)
-        return atomic_write_text(target, json.dumps({"format_version": self.FORMAT_VERSION, **self.to_dict()},
-                                                    indent=1))
+        return atomic_write_text(self.file_in(path), self.to_json())
 
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:

@@ -151,6 +151,12 @@ def shuffled_answers(answers: list[str], seed: int, tries: int = 200) -> list[st
     return best
 
 
+def prior_only_answers(answers: list[str], seed: int) -> list[str]:
+    """The prior-only control's answers: ``answers`` shuffled among themselves under a seed derived from ``seed``
+    (shared by the relearning attack and the input-side attacks, so their controls train on the same answers)."""
+    return shuffled_answers(answers, seed + 104729)
+
+
 def _trainable(model: Model, cfg: RelearnConfig):
     """(parameters to train, peft model or None) on ``model`` (a private copy) for the configured mode."""
     hf = hf_model_of(model)
@@ -241,7 +247,7 @@ def relearn_attack(
     ctl = None
     if cfg.control:
         forget_idx = [i for i, f in enumerate(train_facts) if f.changes]
-        shuffled = shuffled_answers([answers[i] for i in forget_idx], seed + 104729)
+        shuffled = prior_only_answers([answers[i] for i in forget_idx], seed)
         ctl_answers = list(answers)
         for i, a in zip(forget_idx, shuffled, strict=True):
             ctl_answers[i] = a

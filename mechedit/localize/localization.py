@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ class Localization(SavedResult):
     extra: dict = field(default_factory=dict)
 
     FILENAME: ClassVar[str] = "loc.json"
+    JSON_INDENT: ClassVar[int] = 2
 
     @property
     def mlps(self) -> list[MLP]:
@@ -82,9 +82,7 @@ class Localization(SavedResult):
 
     def save(self, path: str | Path) -> Path:
         """Write loc.json into directory ``path`` or to the ``.json`` file ``path`` (atomically); returns the file."""
-        target = self.file_in(path)
-        atomic_write_text(target, json.dumps({"format_version": self.FORMAT_VERSION, **self.to_dict()}, indent=2))
-        return target
+        return atomic_write_text(self.file_in(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Localization:

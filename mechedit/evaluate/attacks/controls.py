@@ -9,7 +9,7 @@ original model answers them at its prior, so an attack that lifts their held-out
 Keeping the prompts and the answers means the twins' answer distribution is the forget facts', so a control
 that learned only the answer prior gets exactly the lift the real attack would get from it.
 
-**Prior-only answers.** The trained half's answers shuffled among themselves (``relearn.shuffled_answers``).
+**Prior-only answers.** The trained half's answers shuffled among themselves (``relearn.prior_only_answers``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mechedit.data.factworld import invented_subjects
-from mechedit.evaluate.relearn import relearn_split, shuffled_answers
+from mechedit.evaluate.relearn import prior_only_answers, relearn_split
 from mechedit.facts import FactSet
 
 
@@ -50,4 +50,4 @@ def attack_split(facts: FactSet, what: str, seed: int = 0) -> AttackSplit:
 
 def prior_answers(facts: FactSet, seed: int) -> list[str]:
     """The facts' answers shuffled among themselves (as few kept in place as found): the prior-only control."""
-    return shuffled_answers([f.answer for f in facts], seed + 104729)
+    return prior_only_answers([f.answer for f in facts], seed)
