@@ -28,6 +28,7 @@ from mechedit.edit import EditConfig, edit
 from mechedit.edit.marking import checked_facts
 from mechedit.evaluate import RelearnConfig, evaluate
 from mechedit.evaluate.attacks import attack_configs
+from mechedit.evaluate.memo import OriginalMemo
 from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
 from mechedit.localize import get_localizer
 from mechedit.localize.localization import Localization
@@ -234,6 +235,7 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
         fs = run_facts(pool, settings, seed)
         budget = None
         reference: dict = {}  # the original model's behaviour and MCQ shot count: same for every method
+        memo = OriginalMemo()  # the original model's features, probes, Fisher, fluency: same for every method
         for k, method in enumerate(order):
             later_budgeted = any((seed, m) in mine and m in BUDGETED for m in order[k + 1:])
             if (seed, method) not in mine and not (method in BUDGET_SOURCES and budget is None and later_budgeted):
@@ -256,7 +258,7 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
                               n_shots=reference.get("n_shots"), original_behaviour=reference.get("behaviour"),
                               latent_train=pool,  # latent probes, like the probe localizer, learn from the relation
                               retain_keys=result.extra["heldout"]["retain"],  # maintain scored on the held-out half
-                              attacks=settings.attacks, attack_configs=attack_cfgs)
+                              attacks=settings.attacks, attack_configs=attack_cfgs, memo=memo)
                 reference.setdefault("n_shots", ev.extra["mcq_shots"])
                 reference.setdefault("behaviour", ev.original_behaviour)
             finally:

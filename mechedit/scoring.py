@@ -82,8 +82,9 @@ def last_logits(model: Model, batch: PromptBatch) -> torch.Tensor:
 
     Runs the wrapped HF decoder (the same modules the bridge runs, so the logits are identical) and unembeds
     only the last position: on a 49k vocabulary the full [batch, pos, vocab] unembedding dominates the cost.
+    Packed (``patching.packing``): padding costs nothing.
     """
-    hidden = final_hidden(model, batch.input_ids, batch.attention_mask)
+    hidden = final_hidden(model, batch.input_ids, batch.attention_mask, pack=True)
     return unembed(model, hidden[:, -1, :])
 
 
@@ -136,7 +137,8 @@ def score_items(
     model: Model, items: Sequence[ChoiceItem], batch_size: int = 64, progress: bool = False,
     logits_fn: Callable[[Model, PromptBatch], torch.Tensor] = last_logits,
 ) -> ChoiceScores:
-    """Score items in batches (sorted by token length, capped in padded tokens); renormalize over candidates.
+    """Score items in batches (packed and ordered by text; by token length for another ``logits_fn``);
+    renormalize over candidates.
 
     ``logits_fn(model, batch)`` gives the next-token logits at the last position (default ``last_logits``; the
     soft-prompt attack passes one that prepends its trained embeddings).
@@ -144,8 +146,12 @@ def score_items(
     n = len(items)
     correct, prob = np.zeros(n, bool), np.full(n, np.nan)
     t_correct, t_prob = np.zeros(n, bool), np.full(n, np.nan)
-    lengths = [len(ids) for ids in model.tokenizer([it.text for it in items], add_special_tokens=False).input_ids]
-    chunks = length_batches(lengths, batch_size)
+    rows = model.tokenizer([it.text for it in items], add_special_tokens=False).input_ids
+    if logits_fn is last_logits:  # packed: padding is free, so order by text and let prompts share their openings
+        order = sorted(range(n), key=lambda k: rows[k])
+        chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    else:
+        chunks = length_batches([len(r) for r in rows], batch_size)
     for chunk in tqdm(chunks, desc="scoring", disable=not progress or len(chunks) < 4, leave=False):
         logits = logits_fn(model, encode_items(model, [items[k] for k in chunk]))
         for row, k in enumerate(chunk):

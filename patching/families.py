@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from patching.packing import Packing, plan
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge as Model
 else:
@@ -153,17 +155,44 @@ def unembed(model: Model, hidden: torch.Tensor) -> torch.Tensor:
     return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
-def final_hidden(model: Model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def final_hidden(model: Model, ids: torch.Tensor, mask: torch.Tensor, pack: bool = False) -> torch.Tensor:
     """Final (normed) hidden states ``[b, t, d]`` of the HF base model: the modules the bridge runs, minus hooks.
 
     Learned-position families (GPT-2) get position ids that skip the left padding, as the bridge gives them.
+    ``pack``: run the real tokens packed (``patching.packing``; zeros at padding, same numbers up to rounding).
     """
+    if pack:
+        p = plan(ids, mask)
+        return p.unpack(packed_hidden(model, p))
     base = base_model(model)
     device = base.get_input_embeddings().weight.device  # where the first layer runs (also under a device_map)
     ids, mask = ids.to(device), mask.to(device)
     pos = position_ids(model, mask)
     extra = {} if pos is None else {"position_ids": pos}
     return base(input_ids=ids, attention_mask=mask, use_cache=False, **extra).last_hidden_state
+
+
+def packed_hidden(model: Model, p: Packing) -> torch.Tensor:
+    """Final hidden states ``[k, length, d]`` of a packed batch (``patching.packing.plan``)."""
+    base = base_model(model)
+    weight = base.get_input_embeddings().weight
+    return base(input_ids=p.ids.to(weight.device), attention_mask=packed_mask(base.config, p, weight),
+                position_ids=p.positions.to(weight.device), use_cache=False).last_hidden_state
+
+
+def packed_mask(config, p: Packing, weight: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The attention mask(s) of a packed batch as the HF base model takes them ready-made: one mask, the sliding-
+    window one when every layer slides (Mistral), or one per layer type (Gemma-2, Qwen2 with sliding layers)."""
+    def make(window: int | None = None) -> torch.Tensor:
+        return p.mask(config._attn_implementation, weight.dtype, window).to(weight.device)
+
+    window = getattr(config, "sliding_window", None)
+    kinds = set(getattr(config, "layer_types", None) or ())
+    if not window or kinds == {"full_attention"}:
+        return make()
+    if "sliding_attention" in kinds and "full_attention" in kinds:
+        return {"full_attention": make(), "sliding_attention": make(window)}
+    return make(window)
 
 
 def position_ids(model: Model, mask: torch.Tensor) -> torch.Tensor | None:

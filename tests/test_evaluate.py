@@ -304,3 +304,23 @@ def test_unknown_relearn_mode_is_one_line_error(tmp_path):
                                    "--out", str(tmp_path / "m.json")])
     assert res.exit_code != 0 and "--relearn-mode" in res.output and "lora, full" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "m.json").exists()
+
+
+def test_a_shared_memo_changes_no_number(factworld, edit_facts, small_edit):
+    """Evaluating two edits of one fact set with one OriginalMemo gives exactly the numbers of evaluating each
+    alone; the second evaluation reuses the original model's features, probes, Fisher and fluency."""
+    from mechedit.evaluate.memo import OriginalMemo
+
+    def numbers(ev):
+        d = ev.to_dict()
+        d["extra"] = {k: v for k, v in d["extra"].items() if k != "timings_s"}
+        return d
+
+    other = replace(small_edit, new={k: v * 0.5 + small_edit.old[k] * 0.5 for k, v in small_edit.new.items()})
+    memo = OriginalMemo()
+    kw = dict(latent=True, diagnostics=True, max_maintain=32, n_shots=0, progress=False)
+    alone = [numbers(evaluate(factworld, edit_facts, edit=e, **kw)) for e in (small_edit, other)]
+    shared = [numbers(evaluate(factworld, edit_facts, edit=e, memo=memo, **kw)) for e in (small_edit, other)]
+    assert shared == alone
+    assert memo.hits >= 4  # features, Fisher, latent features and probes, fluency log-probabilities
+    assert alone[0] != alone[1]  # two different edits: the memo held only what they share

@@ -18,13 +18,15 @@ from mechedit.components import MLP, Attn, Head, n_params, trainable_masks
 from mechedit.edit import EditConfig, edit
 from mechedit.edit.data import token_rows
 from mechedit.edit.prefix import PrefixCache, full_hidden
+from mechedit.evaluate.answers import answer_batch, answer_loss
 from mechedit.localize.localization import make_localization
 from mechedit.localize.patch_setup import patch_setup
 from mechedit.models import hf_model_of, hf_parameters, load_model, save_hf, wrap_hf
 from mechedit.tokens import pad_left
 from patching.activation import activation_patch
 from patching.corrupt import gaussian_noise, subject_mask
-from patching.families import UnsupportedArchitecture, family, position_ids
+from patching.families import UnsupportedArchitecture, family, final_hidden, packed_hidden, position_ids
+from patching.packing import plan
 from patching.path import path_patch
 from patching.reference import activation_patch_reference, path_patch_reference, rome_trace_reference
 from patching.tracing import noise_seed, rome_trace
@@ -154,6 +156,43 @@ def test_prefix_cached_forward_equals_full_forward(tiny, sport_facts, dtype):
     ids, mask_full = pad_left([rows[i] for i in (5, 0, 3)], pad)
     full = full_hidden(tiny, ids, mask_full)
     assert (fast[mask.bool()] - full[mask_full.bool()]).abs().max() <= TOL[dtype] * max(1.0, float(full.abs().max()))
+
+
+def test_packed_forward_equals_padded_forward(tiny, sport_facts, dtype):
+    shared = ["Options: tennis, golf. Answer: golf", "Options: tennis, golf. Answer: tennis", "Options: chess"]
+    rows = token_rows(tiny, [f.render() for f in sport_facts[:9]] + shared)
+    ids, mask = pad_left(rows, tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        padded = final_hidden(tiny, ids, mask)
+        packed = [final_hidden(tiny, ids, mask, pack=True)]
+        p = plan(ids, mask, capacity=2 * int(mask.sum(1).max()), span=1)  # several rows per sequence, several sequences
+        assert 1 < p.ids.shape[0] < len(rows)
+        assert len(p.slots) < int(mask.sum())  # rows from one template laid their opening tokens once
+        packed.append(p.unpack(packed_hidden(tiny, p)))
+    real = mask.bool()
+    for h in packed:
+        assert (h[real] - padded[real]).abs().max() <= TOL[dtype] * max(1.0, float(padded.abs().max()))
+        assert not h[~real].any()  # padding comes back as zeros
+
+
+def test_answer_loss_and_its_gradients_equal_the_bridge_forward(family_model, sport_facts):
+    model = family_model()
+    facts = sport_facts[:6]
+    ids, mask, labels = answer_batch(model.tokenizer, [f.render() for f in facts], [f.answer for f in facts])
+    params = list(hf_parameters(model).values())
+    for p in params:
+        p.requires_grad_(True)
+    logits = model(ids, attention_mask=mask)  # the slow reference: the bridge's forward with every position
+    pred, target = logits[:, :-1].float(), labels[:, 1:]
+    ref = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100)
+    loss = answer_loss(model, ids, mask, labels)
+    assert abs(float(loss) - float(ref)) <= 1e-5 * max(1.0, abs(float(ref)))
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(ref, params, allow_unused=True)
+    for name, g, w in zip(hf_parameters(model), got, want, strict=True):
+        assert (g is None) == (w is None), name
+        if w is not None:
+            assert (g - w).abs().max() <= 1e-4 * max(1e-6, float(w.abs().max())) + 1e-7, name
 
 
 def test_probes_collect_the_right_hooks(tiny, setup, dtype):

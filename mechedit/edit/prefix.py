@@ -7,7 +7,8 @@ own forward does it, for every family in ``patching.families``: layers below ``L
 pass-throughs for the call and a pre-hook hands layer ``L`` the cached residual, so the model itself builds its
 masks (Gemma-2's sliding window included), rotary or learned positions and final norm; only the embedding
 lookup below ``L`` is recomputed. Before use it checks the fast path against the full forward on a few rows; if
-they disagree it warns and falls back to full forwards, so results never depend on the shortcut.
+they disagree it warns and falls back to full forwards, so results never depend on the shortcut. Every
+training forward runs packed (``patching.packing``): the prompts' padding costs nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 from jaxtyping import Float, Int
 
 from mechedit.tokens import pad_left
-from patching.families import decoder_layers, final_hidden
+from patching.families import decoder_layers, final_hidden, packed_hidden
 from patching.model import Model
+from patching.packing import plan
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,9 @@ CHECK_ATOL = 1e-4
 def full_hidden(
     model: Model, ids: Int[torch.Tensor, "b t"], mask: Int[torch.Tensor, "b t"]
 ) -> Float[torch.Tensor, "b t d"]:
-    """Final (normed) hidden states of the HF model under the bridge (callers unembed the positions they need)."""
-    return final_hidden(model, ids, mask)
+    """Final (normed) hidden states of the HF model under the bridge (callers unembed the positions they need),
+    run packed (``patching.packing``: no compute on padding; zeros there)."""
+    return final_hidden(model, ids, mask, pack=True)
 
 
 class _PassThrough(torch.nn.Module):
@@ -68,9 +71,10 @@ def _skip_below(model, start: int, x: Float[torch.Tensor, "b t d"]):
 
 def _from_layer(model, start: int, ids: Int[torch.Tensor, "b t"], x: Float[torch.Tensor, "b t d"],
                 mask: Int[torch.Tensor, "b t"]):
-    """Run decoder layers ``start..`` and the final norm on residual-stream input ``x`` (ids only embed)."""
-    with _skip_below(model, start, x):
-        return full_hidden(model, ids, mask)
+    """Run decoder layers ``start..`` and the final norm on residual-stream input ``x`` (ids only embed), packed."""
+    p = plan(ids, mask)
+    with _skip_below(model, start, p.pack(x)):
+        return p.unpack(packed_hidden(model, p))
 
 
 @torch.no_grad()
@@ -80,6 +84,7 @@ def _resid_in(model, start: int, rows: list[list[int]], pad_id: int) -> list[tor
     out: list[torch.Tensor] = []
     for s in range(0, len(rows), CACHE_BATCH):
         ids, mask = pad_left(rows[s:s + CACHE_BATCH], pad_id)
+        p = plan(ids, mask)
         seen: list[torch.Tensor] = []
 
         def grab(mod, args, kwargs, seen=seen):
@@ -87,10 +92,11 @@ def _resid_in(model, start: int, rows: list[list[int]], pad_id: int) -> list[tor
 
         hook = layer.register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            full_hidden(model, ids, mask)
+            packed_hidden(model, p)
         finally:
             hook.remove()
-        out += [seen[0][i][mask[i].bool()].clone() for i in range(len(ids))]
+        x = p.unpack(seen[0])
+        out += [x[i][mask[i].bool()].clone() for i in range(len(ids))]
     return out
 
 
@@ -114,7 +120,7 @@ class PrefixCache:
         with torch.no_grad():
             fast, mask = self._fast(items)
             ids, mask_full = pad_left([self.pools[n][i] for n, i in items], self.pad_id)
-            full = full_hidden(self.model, ids, mask_full)
+            full = final_hidden(self.model, ids, mask_full)  # padded and unpacked: the plainest reference
         ok = bool(torch.allclose(fast[mask.bool()], full[mask_full.bool()], atol=CHECK_ATOL, rtol=1e-4))
         if not ok:
             log.warning("starting the forward at layer %d does not reproduce the full forward for this "

@@ -123,9 +123,13 @@ def _step_loss(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConf
     """Total loss of one step (on a fresh sample of facts and texts) and its terms as floats."""
     f_idx = _pick(len(data.forget_rows), cfg.forget_batch, gen)
     r_idx = _pick(len(data.retain_rows), cfg.retain_batch, gen) if data.retain_rows else []
-    h, _ = fwd.hidden([("forget", i) for i in f_idx] + [("retain", j) for j in r_idx])
-    logp = log_probs(model, h[:, -1])
-    nf = len(f_idx)
+    use_fluency = bool(refs.fluency_h) and cfg.fluency_weight > 0
+    fl_idx = _pick(len(data.fluency_rows), cfg.fluency_batch, gen) if use_fluency else []
+    # one packed forward for prompts and fluency texts (padding costs nothing, so mixing lengths is free)
+    h_all, mask_all = fwd.hidden([("forget", i) for i in f_idx] + [("retain", j) for j in r_idx]
+                                 + [("fluency", i) for i in fl_idx])
+    nf, n_prompts = len(f_idx), len(f_idx) + len(r_idx)
+    logp = log_probs(model, h_all[:n_prompts, -1])
     x = ObjectiveInputs(
         forget_logp=logp[:nf], answer_ids=data.answer_ids[f_idx], target_ids=data.target_ids[f_idx],
         random_ids=data.random_ids[f_idx], retain_logp=logp[nf:] if r_idx else None,
@@ -140,10 +144,8 @@ def _step_loss(model, data: EditData, refs: _Refs, obj: Objective, cfg: EditConf
     if terms.retain is not None:
         loss = loss + cfg.retain_weight * terms.retain
         logged["retain"] = float(terms.retain.detach())
-    if refs.fluency_h and cfg.fluency_weight > 0:
-        fl_idx = _pick(len(data.fluency_rows), cfg.fluency_batch, gen)
-        h, fmask = fwd.hidden([("fluency", i) for i in fl_idx])
-        h = h[fmask.bool()]
+    if use_fluency:
+        h = h_all[n_prompts:][mask_all[n_prompts:].bool()]
         ref = log_probs(model, torch.cat([refs.fluency_h[i] for i in fl_idx]))
         fluency = F.kl_div(log_probs(model, h), ref, log_target=True, reduction="batchmean")
         loss = loss + cfg.fluency_weight * fluency

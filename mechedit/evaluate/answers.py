@@ -9,6 +9,7 @@ from jaxtyping import Float, Int
 
 from mechedit.facts import FactError
 from mechedit.tokens import pad_left
+from patching.families import final_hidden, unembed
 from patching.model import Model
 
 
@@ -39,7 +40,14 @@ def answer_loss(
     model: Model, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
     labels: Int[torch.Tensor, "batch pos"],
 ) -> Float[torch.Tensor, ""]:
-    """Mean next-token cross-entropy over the labelled (answer) tokens; padding never contributes."""
-    logits = model(input_ids, attention_mask=attention_mask)
-    pred, target = logits[:, :-1].float(), labels[:, 1:]
-    return torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100)
+    """Mean next-token cross-entropy over the labelled (answer) tokens; padding never contributes.
+
+    Runs the HF decoder packed (the modules the bridge runs, without its hooks and without compute on padding)
+    and unembeds only the positions that predict a labelled token: the full ``[batch, pos, vocab]`` logits
+    would cost more than the answers need.
+    """
+    hidden = final_hidden(model, input_ids, attention_mask, pack=True)
+    target = labels[:, 1:].to(hidden.device)
+    scored = target != -100
+    logits = unembed(model, hidden[:, :-1][scored]).float()
+    return torch.nn.functional.cross_entropy(logits, target[scored])

@@ -21,10 +21,12 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from mechedit.edit.split import MaintainSplit, fact_key, maintain_of, split_maintain
+from mechedit.evaluate.memo import OriginalMemo, remembered
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
 from mechedit.scoring import ChoiceItem, ChoiceScores, render_items, score_items
-from mechedit.tokens import candidate_token_ids, encode
+from mechedit.tokens import PromptBatch, candidate_token_ids, encode
+from patching.families import final_hidden, unembed
 from patching.model import Model
 
 
@@ -221,9 +223,13 @@ def score_behaviour(
 
 @torch.no_grad()
 def next_token_kl(
-    original: Model, edited: Model, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True
+    original: Model, edited: Model, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True,
+    memo: OriginalMemo | None = None,
 ) -> Float[torch.Tensor, " n_texts"]:
-    """Mean over real (non-pad) positions of KL(original ‖ edited) next-token distributions, per text."""
+    """Mean over real (non-pad) positions of KL(original ‖ edited) next-token distributions, per text.
+
+    ``memo``: reuse the original model's log-probabilities from an earlier call (``mechedit.evaluate.memo``).
+    """
     if not texts:
         raise ValueError("no texts to measure fluency on")
     prepend = model_info(original).prepend_bos
@@ -231,19 +237,28 @@ def next_token_kl(
     chunks = [range(s, min(s + batch_size, len(texts))) for s in range(0, len(texts), batch_size)]
     for chunk in tqdm(chunks, desc="fluency KL", disable=not progress or len(chunks) < 4, leave=False):
         b = encode(original.tokenizer, [texts[i] for i in chunk], None, prepend_bos=prepend)
-        lp = torch.log_softmax(original(b.input_ids, attention_mask=b.attention_mask).float(), -1)
-        lq = torch.log_softmax(edited(b.input_ids, attention_mask=b.attention_mask).float(), -1)
-        kl = (lp.exp() * (lp - lq)).sum(-1)  # [batch, pos]
-        mask = b.attention_mask.float()
-        out[list(chunk)] = (kl * mask).sum(1) / mask.sum(1)
+        lp = remembered(memo, ("next-token-logp", tuple(texts[i] for i in chunk)), lambda b=b: _real_logp(original, b))
+        kl = (lp.exp() * (lp - _real_logp(edited, b))).sum(-1)  # per real token, rows in order
+        lengths = b.attention_mask.sum(1)
+        row = torch.repeat_interleave(torch.arange(len(chunk)), lengths)
+        out[list(chunk)] = torch.zeros(len(chunk)).index_add(0, row, kl) / lengths
     return out
 
 
+@torch.no_grad()
+def _real_logp(model: Model, b: PromptBatch) -> Float[torch.Tensor, "n_real vocab"]:
+    """Next-token log-probabilities at every real token of a batch (row-major), from a packed forward."""
+    real = b.attention_mask.bool()
+    hidden = final_hidden(model, b.input_ids, b.attention_mask, pack=True)[real]
+    return torch.log_softmax(unembed(model, hidden).float(), -1)
+
+
 def fluency_kl(
-    original: Model, edited: Model, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True
+    original: Model, edited: Model, texts: Sequence[str], *, batch_size: int = 16, progress: bool = True,
+    memo: OriginalMemo | None = None,
 ) -> float:
     """Mean next-token KL(original ‖ edited) on generic text: 0 when the edit leaves general language untouched."""
-    return float(next_token_kl(original, edited, texts, batch_size=batch_size, progress=progress).mean())
+    return float(next_token_kl(original, edited, texts, batch_size=batch_size, progress=progress, memo=memo).mean())
 
 
 def choose_shots(model: Model, facts: FactSet, options: Sequence[int] = (3, 0), *, seed: int = 0, n_facts: int = 64,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from mechedit.evaluate.answers import answer_batch, answer_loss
 from mechedit.evaluate.copying import clear_captures
+from mechedit.evaluate.memo import OriginalMemo, remembered
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import hf_parameters, model_info
 from mechedit.tokens import encode
@@ -235,8 +236,12 @@ def diagnostic_texts(facts: Sequence[Fact]) -> list[str]:
 def diagnose(
     original: Model, edited: Model, facts: FactSet | Sequence[Fact], *, relearned: Model | None = None,
     pooling: Pooling = "last", fisher: bool = True, batch_size: int = 32, progress: bool = True,
+    memo: OriginalMemo | None = None,
 ) -> Diagnostics:
-    """PCA similarity/shift, CKA and Fisher per layer, on ``facts`` (usually the forget set) for both models."""
+    """PCA similarity/shift, CKA and Fisher per layer, on ``facts`` (usually the forget set) for both models.
+
+    ``memo``: reuse the original model's features and Fisher from an earlier call (``mechedit.evaluate.memo``).
+    """
     facts = list(facts)
     texts = diagnostic_texts(facts)
     if len(texts) < 3:
@@ -244,7 +249,8 @@ def diagnose(
     n_layers = arch(original).n_layers
     if arch(edited).n_layers != n_layers:
         raise ValueError("original and edited models have different numbers of layers")
-    feats = {"original": layer_features(original, texts, pooling=pooling, batch_size=batch_size, progress=progress),
+    feats = {"original": remembered(memo, ("features", pooling, tuple(texts)), lambda: layer_features(
+                 original, texts, pooling=pooling, batch_size=batch_size, progress=progress)),
              "edited": layer_features(edited, texts, pooling=pooling, batch_size=batch_size, progress=progress)}
     if relearned is not None:
         feats["relearned"] = layer_features(relearned, texts, pooling=pooling, batch_size=batch_size,
@@ -262,7 +268,8 @@ def diagnose(
         d.pca_abs_cos_relearned = [pca_similarity(ref[layer], rl[layer])[1] for layer in range(n_layers)]
     if fisher:
         prompts, answers = [f.render() for f in facts], [f.answer for f in facts]
-        f_ref = diagonal_fisher(original, prompts, answers, progress=progress)
+        f_ref = remembered(memo, ("fisher", tuple(prompts), tuple(answers)),
+                           lambda: diagonal_fisher(original, prompts, answers, progress=progress))
         f_ed = diagonal_fisher(edited, prompts, answers, progress=progress)
         d.fisher_original, d.fisher_edited = fisher_by_layer(f_ref, n_layers), fisher_by_layer(f_ed, n_layers)
         d.fisher_cosine = fisher_overlap(f_ref, f_ed, n_layers)

@@ -32,6 +32,7 @@ from mechedit.evaluate.behaviour import Behaviour, choose_shots, fluency_kl, nex
 from mechedit.evaluate.copying import clone_model
 from mechedit.evaluate.diagnostics import Diagnostics, diagnose
 from mechedit.evaluate.latent import LatentProbes, latent_probes
+from mechedit.evaluate.memo import OriginalMemo
 from mechedit.evaluate.relearn import RelearnConfig, RelearnResult, relearn_attack
 from mechedit.evaluate.verdict import Verdict, VerdictRule, decide
 from mechedit.facts import FactError, FactSet
@@ -216,7 +217,7 @@ def evaluate(
     rule: VerdictRule | None = None, batch_size: int = 64, progress: bool = True,
     original_behaviour: Behaviour | None = None, latent_train: FactSet | None = None,
     retain_keys: Collection[str] | None = None, attacks: Sequence[str] = (),
-    attack_configs: Mapping[str, object] | None = None,
+    attack_configs: Mapping[str, object] | None = None, memo: OriginalMemo | None = None,
 ) -> Evaluation:
     """Evaluate an edit of ``facts`` (forget/edit facts marked) — never modifying the caller's models.
 
@@ -231,7 +232,9 @@ def evaluate(
     (always), fluency and latent probes (need the original), the relearning attack (``relearn=True``, on a
     copy), the input-side attacks named in ``attacks`` ("soft-prompt", "in-context"; configs by name in
     ``attack_configs``; they need the original model), representation diagnostics (``diagnostics=True``), then
-    the verdict (``mechedit.evaluate.verdict``).
+    the verdict (``mechedit.evaluate.verdict``). ``memo``: an ``OriginalMemo`` shared by evaluations of several
+    edits of the same facts against the same original model (its features, probes, Fisher and fluency
+    log-probabilities are computed once).
     """
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -266,7 +269,7 @@ def evaluate(
         if fluency_text == "auto" and edit is not None:
             fluency_text = edit.config.fluency_text  # the editor's own source, split the editor's way
         ev.fluency = timed("fluency", heldout_fluency, original, edited, split, fluency_text, split_seed, fraction,
-                           progress=progress)
+                           progress=progress, memo=memo)
         ev.fluency_kl = ev.fluency["heldout"]
         ev.extra["fluency_text"] = ev.fluency["source"]
     relearned = None
@@ -285,10 +288,10 @@ def evaluate(
     if latent and original is not None:
         first = None if edit is None else min((c.layer for c in edit.localization.components), default=None)
         ev.latent = timed("latent", latent_probes, original, edited, facts, seed=seed, progress=progress,
-                           train_facts=latent_train, first_edited_layer=first)
+                           train_facts=latent_train, first_edited_layer=first, memo=memo)
     if diagnostics and original is not None:
         ev.diagnostics = timed("diagnostics", diagnose, original, edited, facts.forget_set(),
-                               relearned=relearned, progress=progress)
+                               relearned=relearned, progress=progress, memo=memo)
     relearned = None  # free the relearned copy
     ev.verdict = verdict_of(ev, facts, rule)
     ev.n_params_trained = None if edit is None else int(edit.n_params_trained)
@@ -317,13 +320,13 @@ def heldout_split(facts: FactSet, edit=None, seed: int = 0, retain_keys: Collect
 
 
 def heldout_fluency(original: Model, edited: Model, split: MaintainSplit, source: str, seed: int, fraction: float, *,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, memo: OriginalMemo | None = None) -> dict:
     """Fluency KL on the held-out texts (``heldout``, per text in ``heldout_per_text``) and on the training half."""
     train, held, desc = fluency_split(original, split, source, seed, fraction)
-    per_text = next_token_kl(original, edited, held, progress=progress).tolist() if held else None
+    per_text = next_token_kl(original, edited, held, progress=progress, memo=memo).tolist() if held else None
     out = {"source": desc, "heldout": None if per_text is None else float(np.mean(per_text)),
            "heldout_per_text": per_text, "n_heldout": len(held), "n_train": len(train),
-           "train": fluency_kl(original, edited, train, progress=progress) if train else None,
+           "train": fluency_kl(original, edited, train, progress=progress, memo=memo) if train else None,
            "note": None if held else "no held-out fluency text (too few texts or maintain facts to split)"}
     return out
 

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from mechedit.evaluate.memo import OriginalMemo, remembered
 from mechedit.facts import Fact, FactError, FactSet
 from mechedit.models import model_info
 from mechedit.stats import bootstrap_ci, chance_accuracy, majority_chance
@@ -108,6 +109,11 @@ def _features(model: Model, facts: list[Fact], batch_size: int, progress: bool) 
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(arch(model).n_layers)]
     return collect_activations(model, b.input_ids, b.attention_mask, pos, hooks, batch_size=batch_size,
                                progress=progress)
+
+
+def _keys(facts) -> tuple:
+    """What identifies a list of facts for a memo: each fact's prompt and answer, in order."""
+    return tuple((f.render(), f.answer) for f in facts)
 
 
 def _stack(X: torch.Tensor) -> torch.Tensor:
@@ -230,12 +236,13 @@ def _identical_layers(A: torch.Tensor, B: torch.Tensor) -> list[bool]:
 def latent_probes(
     original: Model, edited: Model, facts: FactSet, *, seed: int = 0, max_train: int = 400, C: float = 1.0,
     fresh: bool = True, batch_size: int = 32, progress: bool = True, train_facts: FactSet | None = None,
-    first_edited_layer: int | None = None,
+    first_edited_layer: int | None = None, memo: OriginalMemo | None = None,
 ) -> LatentProbes:
     """Probe the true (and new) answers of the forget facts in ``edited`` at every layer (see module docstring).
 
     ``first_edited_layer``: the earliest layer of the edit's components (0 for a nonlocalized edit); None: the
-    first layer whose residual stream differs between the two models on the forget facts.
+    first layer whose residual stream differs between the two models on the forget facts. ``memo``: reuse the
+    original model's features and probes from an earlier call (``mechedit.evaluate.memo``).
     """
     if not any(f.changes for f in facts):
         raise FactError(f"fact set '{facts.name}' has no forget facts to probe")
@@ -270,14 +277,21 @@ def latent_probes(
         chances += [_chance(list(group), kind)] * len(group)
         quality_chances += [_chance(held, kind)] * len(held)
         X_ed = _features(edited, list(group), batch_size, False)  # [L, n, 2, d]
-        X_or = _features(original, list(group), batch_size, False)
+        X_or = remembered(memo, ("latent-features", _keys(group)),
+                          lambda group=group: _features(original, list(group), batch_size, False))
         X_ed_all.append(X_ed)
         X_or_all.append(X_or)
         for model_name, model in (("original", original), ("fresh", edited))[: 2 if fresh else 1]:
-            X_pool = _features(model, train + held, batch_size, progress)
-            probe = _Categorical(C) if kind == "categorical" else _OpenVocab(rows, original.tokenizer)
-            hits[model_name, "quality"].append(probe.fit(_stack(X_pool[:, : len(train)]), train,
-                                                         _stack(X_pool[:, len(train):]), held))
+            def fit(model=model, train=train, held=held, kind=kind):
+                X_pool = _features(model, train + held, batch_size, progress)
+                probe = _Categorical(C) if kind == "categorical" else _OpenVocab(rows, original.tokenizer)
+                return X_pool, probe, probe.fit(_stack(X_pool[:, : len(train)]), train,
+                                                _stack(X_pool[:, len(train):]), held)
+
+            # the original model's probes do not depend on the edit: fitted once per memo
+            X_pool, probe, quality = (remembered(memo, ("latent-probe", kind, C, _keys(train), _keys(held)), fit)
+                                      if model_name == "original" else fit())
+            hits[model_name, "quality"].append(quality)
             hits[model_name, "true"].append(probe.hits(_stack(X_ed), list(group), "answer"))
             hits[model_name, "new"].append(probe.hits(_stack(X_ed), list(group), "target"))
             hits[model_name, "before"].append(probe.hits(_stack(X_or), list(group), "answer"))

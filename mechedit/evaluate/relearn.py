@@ -173,8 +173,10 @@ def _trainable(model: Model, cfg: RelearnConfig):
     return [p for p in pm.parameters() if p.requires_grad], pm
 
 
-def _run(edited, prompts, answers, heldout, trained, tracked, cfg, seed, progress, desc, keep_model=False):
-    """One attack on a copy of ``edited``: curves (and the copy when ``keep_model``)."""
+def _run(edited, prompts, answers, heldout, trained, tracked, cfg, seed, progress, desc, keep_model=False,
+         start=None):
+    """One attack on a copy of ``edited``: curves (and the copy when ``keep_model``). ``start``: the step-0 read
+    of an earlier run on the same model (before any step every run reads the same numbers)."""
     ids, mask, labels = answer_batch(edited.tokenizer, prompts, answers, model_info(edited).prepend_bos)
     model = clone_model(edited)
     torch.manual_seed(seed)
@@ -183,16 +185,26 @@ def _run(edited, prompts, answers, heldout, trained, tracked, cfg, seed, progres
     eval_at = sorted({0, cfg.steps, *range(cfg.eval_every, cfg.steps, cfg.eval_every)})
     out = {"steps": [], "h_acc": [], "h_prob": [], "t_acc": [], "m_acc": [], "loss": [], "h_last": None}
 
-    def read(step: int) -> None:
-        h = score_facts(model, heldout)
-        out["steps"].append(step)
-        out["h_acc"].append(float(h.answer_correct.mean()))
-        out["h_prob"].append(float(h.answer_prob.mean()))
-        out["t_acc"].append(float(score_facts(model, trained).answer_correct.mean()))
-        out["m_acc"].append(None if tracked is None else float(score_facts(model, tracked).answer_correct.mean()))
-        out["h_last"] = np.asarray(h.answer_correct, dtype=float)
+    groups = [list(heldout), list(trained), [] if tracked is None else list(tracked)]
+    ends = np.cumsum([len(g) for g in groups])
 
-    read(0)
+    def read(step: int) -> None:
+        s = score_facts(model, [f for g in groups for f in g])  # one scoring pass for the three groups
+        h_correct, t_correct, m_correct = np.split(s.answer_correct, ends[:-1])
+        out["steps"].append(step)
+        out["h_acc"].append(float(h_correct.mean()))
+        out["h_prob"].append(float(s.answer_prob[:ends[0]].mean()))
+        out["t_acc"].append(float(t_correct.mean()))
+        out["m_acc"].append(None if tracked is None else float(m_correct.mean()))
+        out["h_last"] = np.asarray(h_correct, dtype=float)
+
+    if start is None:
+        read(0)
+        out["h_first"] = out["h_last"]
+    else:
+        for key in ("steps", "h_acc", "h_prob", "t_acc", "m_acc"):
+            out[key].append(start[key][0])
+        out["h_last"] = start["h_first"]
     for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False):
         with torch.enable_grad():
             loss = answer_loss(model, ids, mask, labels)
@@ -252,7 +264,8 @@ def relearn_attack(
         for i, a in zip(forget_idx, shuffled, strict=True):
             ctl_answers[i] = a
         t0 = time.perf_counter()
-        ctl = _run(edited, prompts, ctl_answers, heldout, trained, tracked, cfg, seed, progress, "relearn control")
+        ctl = _run(edited, prompts, ctl_answers, heldout, trained, tracked, cfg, seed, progress, "relearn control",
+                   start=att)
         seconds["control"] = time.perf_counter() - t0
     chance = chance_accuracy([len(f.candidates) for f in heldout])
     orig, orig_per = None, None
