@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lint bench clean notebooks
+.PHONY: demo test venv lint bench clean notebooks results figures
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/bad_input.py
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf $(VENV)
@@ -38,3 +39,15 @@ clean:
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/make_notebooks.py
 	$(BIN)/python notebooks/export_notebooks.py
+
+# the real-model experiment of docs/results.md (~45 min on 2 cores): SmolLM2-135M, CounterFact P37, paper preset;
+# keeps summary.json/.md/.csv under docs/results/ and draws its figures there
+results: $(STAMP)
+	$(BIN)/mechedit compare smollm2-135m counterfact --relation P37 --preset paper --out runs/paper --force
+	mkdir -p docs/results
+	cp runs/paper/summary.json runs/paper/summary.md runs/paper/summary.csv docs/results/
+	$(BIN)/mechedit figures docs/results --force
+
+# redraw the committed figures from docs/results/summary.json (seconds)
+figures: $(STAMP)
+	$(BIN)/mechedit figures docs/results --force

@@ -17,7 +17,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import ClassVar
@@ -36,6 +36,7 @@ from mechedit.models import load_model
 from mechedit.results import SavedResult, json_default
 from mechedit.scoring import known_facts
 from mechedit.stats import Interval, bootstrap_ci, paired_difference
+from mechedit.validate import check_choice
 
 BUDGET_SOURCES = ("probe", "path")  # the fact-lookup localizations that define the parameter budget
 BUDGETED = ("path", "causal-tracing", "causal-tracing-mlp", "attribution", "random")  # matched to that budget (±10 %)
@@ -58,6 +59,24 @@ COLUMNS = (
     ("fluency KL", "fluency_kl"),
 )
 PAIRED_REFERENCES = ("probe", "nonlocalized")  # the paired table: each method minus these, same seeds and facts
+
+# named settings for `compare --preset`; options given on the command line override them
+PRESETS: dict[str, dict] = {
+    # Guo et al.'s comparison at a size whose intervals can support a conclusion: both fact-lookup localizations,
+    # output tracing (ROME's causal tracing), a random and an unlocalized edit at a matched parameter budget,
+    # 32 facts x 3 seeds (16 held-out facts per seed for relearning), LoRA relearning, latent probes, diagnostics.
+    # 30 edit steps (every SmolLM2 P37 edit reaches its 32 targets by then) and 32 maintain facts per seed keep it
+    # within ~45 minutes on 2 CPU cores
+    "paper": {"methods": ["probe", "path", "causal-tracing", "random", "nonlocalized"], "n_facts": 32, "seeds": 3,
+              "steps": 30, "max_maintain": 32, "relearn": True, "relearn_mode": "lora", "latent": True,
+              "diagnostics": True},
+}
+
+
+def apply_preset(settings: CompareSettings, name: str, given: set[str] = frozenset()) -> CompareSettings:
+    """``settings`` with preset ``name``'s values, except for the fields in ``given`` (set explicitly)."""
+    check_choice("--preset", "preset", name, PRESETS)
+    return replace(settings, **{k: v for k, v in PRESETS[name].items() if k not in given})
 
 
 @dataclass

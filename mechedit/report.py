@@ -237,33 +237,78 @@ def _before_edit(latent: Sequence[Mapping]) -> tuple[str, list[int], list[float]
     return "original model (before the edit)", list(range(len(mean))), mean
 
 
-def curve_sections(summary: Comparison) -> list[Section]:
-    """Relearning, latent-probe and CKA curves: one line per method with a 95 % band over seeds."""
-    methods = list(summary.methods)
-    runs = summary.runs
-    toggle = " The button above the figure adds each seed's own line."
-    out = []
-    relearn = [r.metrics.get("relearn") or {} for r in runs]
+def relearn_figure(summary: Comparison) -> go.Figure | None:
+    """Held-out true-answer accuracy during the relearning attack: mean line per method, 95 % band over seeds."""
+    relearn = [r.metrics.get("relearn") or {} for r in summary.runs]
     refs = {label: v for label, v in (
         ("chance", _mean([r.get("chance") for r in relearn])),
         ("original model", _mean([r.get("original_heldout_accuracy") for r in relearn]))) if v is not None}
-    fig = mean_curve_figure(run_curves(runs, "relearn.heldout_accuracy", "relearn.steps"), methods,
-                            title="Relearning attack: true-answer accuracy on held-out forgotten facts",
-                            xlabel="attack step", ylabel="true-answer accuracy", references=refs)
-    if fig is not None:
+    return mean_curve_figure(run_curves(summary.runs, "relearn.heldout_accuracy", "relearn.steps"),
+                             list(summary.methods),
+                             title="Relearning attack: true-answer accuracy on held-out forgotten facts",
+                             xlabel="attack step", ylabel="true-answer accuracy", references=refs)
+
+
+def latent_figure(summary: Comparison) -> go.Figure | None:
+    """Per-layer latent-probe accuracy for the true answer: mean line per method, the original model dashed."""
+    latent = [r.metrics.get("latent") or {} for r in summary.runs]
+    return mean_curve_figure(run_curves(summary.runs, "latent_probe_accuracy"), list(summary.methods),
+                             title="Latent probes: true answer decodable from the edited model",
+                             xlabel="layer", ylabel="probe accuracy (true answer)",
+                             references={"chance": c} if (c := _mean([lat.get("chance") for lat in latent])) else None,
+                             baseline=_before_edit(latent))
+
+
+def cka_figure(summary: Comparison) -> go.Figure | None:
+    """Per-layer linear CKA between the original and the edited model: mean line per method."""
+    return mean_curve_figure(run_curves(summary.runs, "diagnostics.cka"), list(summary.methods),
+                             title="Linear CKA between the original and the edited model", xlabel="layer",
+                             ylabel="linear CKA")
+
+
+def paired_figure(summary: Comparison) -> go.Figure | None:
+    """The forest plot of paired differences (method − probe, method − nonlocalized) with 95 % CIs."""
+    return forest_figure(summary.paired, COLUMNS, list(summary.methods))
+
+
+def probe_accuracy_figure(summary: Comparison) -> go.Figure | None:
+    """The probe localization's per-layer probe accuracy (seed 0), if the comparison ran it."""
+    loc = next((r.localization for r in summary.runs if r.localization.probe_accuracy is not None), None)
+    return None if loc is None else plot_probe_accuracy(loc)
+
+
+FIGURES = {"paired": paired_figure, "relearn": relearn_figure, "latent": latent_figure, "cka": cka_figure,
+           "probe_accuracy": probe_accuracy_figure}  # the figures write_figures exports, by file name
+
+
+def write_figures(summary: Comparison, out_dir: str | Path, fmt: str = "png", scale: float = 2.0) -> list[Path]:
+    """Write each figure of ``FIGURES`` the comparison has as ``out_dir/<name>.<fmt>`` (images need kaleido and
+    Chrome/Chromium); returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, make in FIGURES.items():
+        fig = make(summary)
+        if fig is None:
+            continue
+        path = out / f"{name}.{fmt}"
+        fig.write_image(path, format=fmt, width=1000, height=560, scale=scale)
+        written.append(path)
+    return written
+
+
+def curve_sections(summary: Comparison) -> list[Section]:
+    """Relearning, latent-probe and CKA curves: one line per method with a 95 % band over seeds."""
+    toggle = " The button above the figure adds each seed's own line."
+    out = []
+    if (fig := relearn_figure(summary)) is not None:
         out.append(figure_section(
             "Relearning attack", fig,
             "the attack fine-tunes the edited model on half of the changed facts' true answers; each line is the "
             "true-answer accuracy on the other half, which it never trains on (mean over seeds, band: bootstrap "
             "95 % CI over seeds). A line that climbs towards the original model's accuracy means those facts were "
             "suppressed, not removed; a line that stays near chance means they did not come back." + toggle))
-    latent = [r.metrics.get("latent") or {} for r in runs]
-    fig = mean_curve_figure(run_curves(runs, "latent_probe_accuracy"), methods,
-                            title="Latent probes: true answer decodable from the edited model",
-                            xlabel="layer", ylabel="probe accuracy (true answer)",
-                            references={"chance": c} if (c := _mean([lat.get("chance") for lat in latent])) else None,
-                            baseline=_before_edit(latent))
-    if fig is not None:
+    if (fig := latent_figure(summary)) is not None:
         out.append(figure_section(
             "Latent probes", fig,
             "per layer, how often probes fitted on the original model still read the old (true) answer from the "
@@ -271,10 +316,7 @@ def curve_sections(summary: Comparison) -> list[Section]:
             "band: 95 % CI over seeds), against the same probes on the original model (grey dashed) and chance. "
             "A line near the grey one means the answer is still inside the model even if it is no longer said; "
             "near chance, the probes no longer find it." + toggle))
-    fig = mean_curve_figure(run_curves(runs, "diagnostics.cka"), methods,
-                            title="Linear CKA between the original and the edited model", xlabel="layer",
-                            ylabel="linear CKA")
-    if fig is not None:
+    if (fig := cka_figure(summary)) is not None:
         out.append(figure_section(
             "Representation drift (CKA)", fig,
             "1 means the layer's representations of the changed facts are unchanged by the edit, lower values mean "
@@ -305,7 +347,7 @@ def report_sections(summary: Comparison) -> list[Section]:
     better = [h for h, k in COLUMNS if BETTER[k] > 0]
     worse = [h for h, k in COLUMNS if BETTER[k] < 0]
     sections = []
-    fig = forest_figure(summary.paired, COLUMNS, list(summary.methods))
+    fig = paired_figure(summary)
     if fig is not None:
         sections.append(figure_section(
             "Paired differences", fig,

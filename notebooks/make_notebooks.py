@@ -114,6 +114,14 @@ plot_relearning(results["path"])
 ''',
 '''plot_latent(results["path"])
 ''',
+"md:## The real-model result, without running it\nThe repository commits the paper-size comparison on SmolLM2-135M (`docs/results/summary.json`, made by `make results`, ~45 min on 2 cores; read `docs/results.md`). Load it and draw its paired differences: each dot is a method's mean difference from the reference on the same seeds and facts, with its 95 % interval.",
+'''from pathlib import Path
+from mechedit.compare import Comparison, summary_markdown
+from mechedit.report import paired_figure
+paper = Comparison.load(Path("..") / "docs" / "results")
+print(summary_markdown(paper).split("Cells:")[0])
+paired_figure(paper)
+''',
 ])
 
 nb3 = nb([

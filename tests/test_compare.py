@@ -175,3 +175,24 @@ def test_shards_merge_into_the_unsharded_summary(tmp_path):
     res = CliRunner().invoke(app, ["compare", "--merge", str(tmp_path / "s0"), "--merge", str(tmp_path / "s1"),
                                    "--out", str(tmp_path / "z")])
     assert res.exit_code == 2 and "setting 'steps' is 6" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_paper_preset_sets_the_experiment_and_options_override_it(tmp_path, monkeypatch):
+    from mechedit.cli import compare as cli_compare
+    from mechedit.compare import PRESETS, apply_preset
+
+    paper = apply_preset(CompareSettings(), "paper")
+    assert paper.methods == ["probe", "path", "causal-tracing", "random", "nonlocalized"]
+    assert (paper.n_facts, paper.seeds, paper.relearn_mode, paper.latent, paper.diagnostics) == (32, 3, "lora",
+                                                                                                  True, True)
+    assert (paper.steps, paper.max_maintain) == (30, 32)
+    seen = {}
+    monkeypatch.setattr(cli_compare, "run_and_report", lambda settings, *a, **k: seen.update(s=settings))
+    res = CliRunner().invoke(app, ["compare", "factworld", "factworld", "--preset", "paper", "--seeds", "1",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    s = seen["s"]
+    assert s.seeds == 1 and s.methods == PRESETS["paper"]["methods"] and s.diagnostics  # --seeds overrides
+    res = CliRunner().invoke(app, ["compare", "factworld", "factworld", "--preset", "papers", "--out",
+                                   str(tmp_path / "x")])
+    assert res.exit_code != 0 and "papers" in res.output and "paper" in res.output

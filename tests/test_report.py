@@ -129,3 +129,19 @@ def test_report_draws_in_headless_chromium(run_dir, tmp_path):
         end = dom.index(f'id="{ids[i + 1]}"') if i + 1 < len(ids) else len(dom)
         drawn[fid] = 'class="main-svg"' in dom[start:end]
     assert ids and all(drawn.values()), drawn
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium/Chrome on PATH (apt-get install chromium)")
+def test_figures_command_writes_each_figure_as_png(run_dir, tmp_path):
+    pytest.importorskip("kaleido")
+    from typer.testing import CliRunner
+
+    from mechedit.cli import app
+
+    res = CliRunner().invoke(app, ["figures", str(run_dir), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    written = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert written == ["latent.png", "paired.png", "probe_accuracy.png", "relearn.png"]  # no diagnostics: no CKA
+    assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in written)
+    res = CliRunner().invoke(app, ["figures", str(run_dir), "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "--force" in res.output  # never overwritten silently

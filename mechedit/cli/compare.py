@@ -18,6 +18,7 @@ from mechedit.compare import (
     SHARD_FILE,
     CompareSettings,
     Comparison,
+    apply_preset,
     paired_rows,
     parse_shard,
     summary_title,
@@ -30,7 +31,7 @@ from mechedit.evaluate.attacks import attack_configs, parse_attacks
 from mechedit.evaluate.relearn import MODES
 from mechedit.localize import METHODS
 from mechedit.models import check_precision
-from mechedit.report import write_report
+from mechedit.report import FIGURES, write_figures, write_report
 from mechedit.validate import atomic_dir, check_choice, check_count, check_output
 
 
@@ -110,23 +111,33 @@ def run_and_report(settings, out: Path, force: bool = False, shard: tuple[int, i
 def compare(
     model: str | None = typer.Argument(None, help="factworld, smollm2-135m, a local HF directory or a hub name"),
     facts: str | None = typer.Argument(None, help="a CSV/JSONL path or a bundled set: sports, counterfact, factworld"),
-    methods: str = typer.Option("probe,path,causal-tracing,nonlocalized", "--methods", help="comma-separated"),
+    methods: str | None = typer.Option(None, "--methods", help="comma-separated [default: "
+                                       "probe,path,causal-tracing,nonlocalized]"),
     objective: str = typer.Option("edit", "--objective"),
-    n_facts: int = typer.Option(32, "--n-facts", help="facts to change per seed (half are held out from relearning)"),
-    seeds: int = typer.Option(3, "--seeds", help="repeats, each on a different sample of facts"),
+    n_facts: int | None = typer.Option(None, "--n-facts", help="facts to change per seed (half are held out from "
+                                       "relearning) [default: 32]"),
+    seeds: int | None = typer.Option(None, "--seeds", help="repeats, each on a different sample of facts "
+                                     "[default: 3]"),
     relation: str | None = typer.Option(None, "--relation", help="default: the relation with most known facts"),
     steps: int | None = typer.Option(None, "--steps", help="edit steps (default: EditConfig's)"),
-    relearn: bool = typer.Option(True, "--relearn/--no-relearn"),
+    relearn: bool | None = typer.Option(None, "--relearn/--no-relearn", help="[default: relearn]"),
     relearn_steps: int | None = typer.Option(None, "--relearn-steps", help="relearning-attack steps (default 20)"),
-    relearn_mode: str = typer.Option("lora", "--relearn-mode", help="relearning attack: lora (adapter) or full"),
-    max_maintain: int = typer.Option(64, "--max-maintain", help="maintain facts per run (seeded sample)"),
-    diagnostics: bool = typer.Option(False, "--diagnostics/--no-diagnostics", help="PCA/CKA/Fisher per layer"),
+    relearn_mode: str | None = typer.Option(None, "--relearn-mode", help="relearning attack: lora (adapter) or "
+                                            "full [default: lora]"),
+    max_maintain: int | None = typer.Option(None, "--max-maintain", help="maintain facts per run (seeded sample) "
+                                            "[default: 64]"),
+    diagnostics: bool | None = typer.Option(None, "--diagnostics/--no-diagnostics",
+                                            help="PCA/CKA/Fisher per layer [default: no-diagnostics]"),
     attacks: str = typer.Option("", "--attacks", help="input-side attacks with controls, comma-separated: "
                                                      "soft-prompt, in-context (default: none)"),
     soft_prompt_steps: int | None = typer.Option(None, "--soft-prompt-steps", help="soft-prompt attack steps (50)"),
     soft_prompt_tokens: int | None = typer.Option(None, "--soft-prompt-tokens", help="soft-prompt length (8)"),
     in_context_statements: int | None = typer.Option(None, "--in-context-statements",
                                                      help="in-context attack: statements before each prompt (4)"),
+    preset: str | None = typer.Option(None, "--preset", help="named settings (options given here override them): "
+                                      "paper = probe, path, causal-tracing, random, nonlocalized; 32 facts x 3 seeds; "
+                                      "30 edit steps, 32 maintain facts; LoRA relearning, latent probes, "
+                                      "diagnostics"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
     device: str = device_option(),
     dtype: str = dtype_option(),
@@ -150,14 +161,17 @@ def compare(
         if not model or not facts:
             raise ValueError("MODEL and FACTS are required (unless --merge)")
         part = parse_shard(shard) if shard is not None else None
-        names = [m.strip() for m in methods.split(",") if m.strip()]
-        settings = CompareSettings(model=model, facts=facts, methods=names,
-                                   objective=objective, n_facts=n_facts, seeds=seeds, relation=relation, steps=steps,
-                                   relearn=relearn, relearn_steps=relearn_steps, relearn_mode=relearn_mode,
-                                   max_maintain=max_maintain,
-                                   diagnostics=diagnostics, device=device, dtype=dtype, attacks=parse_attacks(attacks),
-                                   soft_prompt_steps=soft_prompt_steps, soft_prompt_tokens=soft_prompt_tokens,
-                                   in_context_statements=in_context_statements)
+        given = {k: v for k, v in (
+            ("methods", None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]),
+            ("n_facts", n_facts), ("seeds", seeds), ("relearn", relearn), ("relearn_mode", relearn_mode),
+            ("diagnostics", diagnostics), ("steps", steps), ("max_maintain", max_maintain)) if v is not None}
+        settings = CompareSettings(model=model, facts=facts, objective=objective, relation=relation,
+                                   relearn_steps=relearn_steps, device=device,
+                                   dtype=dtype, attacks=parse_attacks(attacks), soft_prompt_steps=soft_prompt_steps,
+                                   soft_prompt_tokens=soft_prompt_tokens,
+                                   in_context_statements=in_context_statements, **given)
+        if preset is not None:
+            settings = apply_preset(settings, preset, set(given))
         check_settings(settings, out, force)
         run_and_report(settings, out, force, shard=part)
 
@@ -177,3 +191,21 @@ def report(
         except (TypeError, AttributeError, IndexError, KeyError) as exc:
             raise ValueError(f"{run_dir / 'summary.json'}: malformed comparison summary ({exc})") from None
         console.print(f"report → {path}")
+
+
+@app.command()
+def figures(
+    run_dir: Path = typer.Argument(..., help="a directory holding a mechedit compare summary.json"),
+    out: Path | None = typer.Option(None, "--out", help="where to write the images (default: RUN_DIR)"),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf (needs kaleido and Chrome/Chromium)"),
+    force: bool = typer.Option(False, "--force", help="replace existing images"),
+) -> None:
+    """Write a comparison's figures as images: paired differences, relearning, latent probes, CKA, probe accuracy."""
+    with user_errors():
+        check_choice("--format", "format", fmt, ("png", "svg", "pdf"))
+        summary = Comparison.load(run_dir)
+        out = run_dir if out is None else out
+        for name in FIGURES:
+            check_output(out / f"{name}.{fmt}", "image", force)
+        for path in write_figures(summary, out, fmt):
+            console.print(f"figure → {path}")
