@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -78,7 +79,7 @@ def run_path(name: str, root: Path, args, out: Path) -> dict:
     print(f"running {name} ({root}) ...", flush=True)
     cmd = [sys.executable, __file__, "--worker", "--root", str(root), "--out", str(out),
            "--settings", json.dumps(paper_cell(args))]
-    subprocess.run(cmd, check=True, cwd=root, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(cmd, check=True, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return json.loads(out.read_text())
 
 

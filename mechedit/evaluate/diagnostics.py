@@ -153,10 +153,8 @@ def diagonal_fisher(
         for p in params:
             p.requires_grad_(True)
         for sl in tqdm(chunks, desc="Fisher", disable=not progress or len(chunks) < 4, leave=False):
-            m = mask[sl]
-            lo = int(m.any(0).nonzero()[0])
-            with torch.enable_grad():
-                loss = answer_loss(model, ids[sl, lo:], m[:, lo:], labels[sl, lo:])
+            with torch.enable_grad():  # answer_loss runs packed: the chunk's shared left padding costs nothing
+                loss = answer_loss(model, ids[sl], mask[sl], labels[sl])
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
             for f, g in zip(fisher, grads, strict=True):
                 if g is not None:
