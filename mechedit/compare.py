@@ -28,10 +28,10 @@ from mechedit.edit import EditConfig, edit
 from mechedit.edit.marking import checked_facts
 from mechedit.evaluate import RelearnConfig, evaluate
 from mechedit.evaluate.attacks import attack_configs
-from mechedit.evaluate.memo import OriginalMemo
 from mechedit.facts import BUNDLED_FACTSETS, FactError, FactSet, load_facts
 from mechedit.localize import get_localizer
 from mechedit.localize.localization import Localization
+from mechedit.memo import OriginalMemo
 from mechedit.models import load_model
 from mechedit.results import SavedResult, json_default
 from mechedit.scoring import known_facts
@@ -269,7 +269,8 @@ def compare(settings: CompareSettings, out_dir: str | Path | None = None, progre
             if (seed, method) not in mine:  # another shard's cell: only its budget was needed here
                 continue
             t1 = time.time()
-            result = edit(work, fs, loc, settings.objective, EditConfig(seed=seed, **edit_kw), progress=False)
+            result = edit(work, fs, loc, settings.objective, EditConfig(seed=seed, **edit_kw), progress=False,
+                          memo=memo)  # work holds the original weights again (every edit is reverted)
             t2 = time.time()
             try:
                 ev = evaluate(work, fs, original=base, seed=seed, relearn=settings.relearn, relearn_config=relearn_cfg,

@@ -180,6 +180,23 @@ def packed_hidden(model: Model, p: Packing) -> torch.Tensor:
                 position_ids=p.positions.to(weight.device), use_cache=False).last_hidden_state
 
 
+def packed_layer_outputs(model: Model, p: Packing) -> list[torch.Tensor]:
+    """The residual stream after every decoder layer of a packed batch (``blocks.{L}.hook_resid_post``), each
+    ``[k, length, d]`` in the packed layout (``p.unpack`` gives the padded one)."""
+    outs: list[torch.Tensor] = []
+
+    def keep(mod, args, output):
+        outs.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    handles = [layer.register_forward_hook(keep) for layer in decoder_layers(model)]
+    try:
+        packed_hidden(model, p)
+    finally:
+        for h in handles:
+            h.remove()
+    return outs
+
+
 def packed_mask(config, p: Packing, weight: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
     """The attention mask(s) of a packed batch as the HF base model takes them ready-made: one mask, the sliding-
     window one when every layer slides (Mistral), or one per layer type (Gemma-2, Qwen2 with sliding layers)."""

@@ -72,18 +72,31 @@ def test_pca_similarity_and_shift_on_known_geometry():
     np.testing.assert_allclose(s["edited"], pcs @ (X.numpy().mean(0) + delta), rtol=1e-8, atol=1e-10)
 
 
-def test_layer_features_last_and_mean_pooling_match_unpadded_runs(factworld):
-    texts = ["Kalo Mirat plays the sport of", "The sport played by Ven Dextor is really"]
-    last = layer_features(factworld, texts, pooling="last", progress=False)
-    mean = layer_features(factworld, texts, pooling="mean", progress=False)
-    assert last.shape == (4, 2, 64)
-    for i, text in enumerate(texts):  # reference: each text alone, no padding at all
-        ids = factworld.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        _, cache = factworld.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_post"))
-        for layer in range(4):
-            act = cache[f"blocks.{layer}.hook_resid_post"][0]
+def _check_features_against_unpadded_runs(model, texts, batch_size):
+    n_layers = model.cfg.n_layers
+    last = layer_features(model, texts, pooling="last", batch_size=batch_size, progress=False)
+    mean = layer_features(model, texts, pooling="mean", batch_size=batch_size, progress=False)
+    assert last.shape == (n_layers, len(texts), model.cfg.d_model)
+    for i, text in enumerate(texts):  # reference: each text alone through the bridge, no padding, no packing
+        ids = model.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        _, cache = model.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_post"))
+        for layer in range(n_layers):
+            act = cache[f"blocks.{layer}.hook_resid_post"][0].float()
             torch.testing.assert_close(last[layer, i], act[-1], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(mean[layer, i], act[1:].mean(0), atol=1e-4, rtol=1e-4)  # position 0 out
+
+
+def test_layer_features_last_and_mean_pooling_match_unpadded_runs(factworld):
+    _check_features_against_unpadded_runs(
+        factworld, ["Kalo Mirat plays the sport of", "The sport played by Ven Dextor is really"], 32)
+
+
+def test_layer_features_are_every_familys_resid_post(family_model):
+    """Packed features (HF decoder-layer outputs) are the bridge's hook_resid_post in every family, across
+    packed chunks and texts sharing their opening tokens."""
+    texts = ["Kalo Mirat plays the sport of", "Kalo Mirat plays golf", "The sport played by Ven Dextor is",
+             "Ven Dextor"]
+    _check_features_against_unpadded_runs(family_model(), texts, 3)
 
 
 def test_diagonal_fisher_is_pad_masked_and_leaves_the_model_untouched(factworld):
@@ -112,6 +125,23 @@ def test_diagonal_fisher_is_pad_masked_and_leaves_the_model_untouched(factworld)
     broken.pop(names[0])
     with pytest.raises(ValueError, match="different parameters"):
         fisher_overlap(fisher, broken, 4)
+
+
+def test_layers_only_fisher_is_the_layer_part_of_the_full_fisher_in_every_family(family_model):
+    """The diagnostics' Fisher (decoder layers only) equals those entries of the full Fisher bit for bit, and every
+    layer of every family (GPT-2 names them transformer.h.L) is found."""
+    from patching.families import family
+
+    model = family_model()
+    prompts, answers = ["Kalo Mirat plays the sport of", "The sport played by Ven Dextor is"], ["golf", "tennis"]
+    full = diagonal_fisher(model, prompts, answers, batch_size=1, progress=False)
+    layers = diagonal_fisher(model, prompts, answers, batch_size=1, layers_only=True, progress=False)
+    prefix = family(model).layers + "."
+    assert set(layers) == {n for n in full if n.startswith(prefix)}
+    assert all(torch.equal(layers[n], full[n]) for n in layers)
+    assert any(float(f.sum()) > 0 for f in layers.values())
+    per_layer = fisher_by_layer(layers, 2)
+    assert len(per_layer) == 2 and all(v > 0 for v in per_layer)
 
 
 def test_diagnose_identity_model(factworld, sport_facts):

@@ -223,3 +223,30 @@ def test_forward_from_first_trained_layer_matches_full_forward(tiny_model, sport
         assert torch.allclose(results[0].new[name], results[1].new[name], atol=2e-4), name
     for a, b in zip(results[0].log, results[1].log, strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(b["loss"]))
+
+
+def test_a_shared_memo_changes_no_edit(tiny_model, sport_facts):
+    """Edits of one set of weights with one OriginalMemo train exactly as alone (npo needs the forget-prompt and
+    fluency references); the memo is hit, and an edited model's fingerprint never reuses the references."""
+    from mechedit.memo import OriginalMemo
+
+    model = tiny_model()
+    facts = sport_facts.mark_forget(8, seed=4)
+    cfg = EditConfig(steps=3, lr=3e-3)
+    locs = [make_localization(model, "manual", [MLP(1)]), make_localization(model, "manual", [Head(1, 0), MLP(0)])]
+    alone = []
+    for loc in locs:
+        alone.append(edit(model, facts, loc, "npo", cfg, progress=False))
+        alone[-1].revert(model)
+    memo = OriginalMemo()
+    for loc, ref in zip(locs, alone, strict=True):
+        r = edit(model, facts, loc, "npo", cfg, progress=False, memo=memo)
+        assert r.log == ref.log and all(torch.equal(r.new[n], ref.new[n]) for n in ref.names)
+        r.revert(model)
+    assert memo.hits == 2  # the second edit reused both references
+    kept = edit(model, facts, locs[0], "npo", cfg, progress=False, memo=memo)  # model stays edited
+    hits = memo.hits
+    on_top = edit(model, facts, locs[1], "npo", cfg, progress=False, memo=memo)
+    assert memo.hits == hits  # other weights, other fingerprint: computed afresh
+    on_top.revert(model)
+    kept.revert(model)

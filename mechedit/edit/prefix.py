@@ -77,9 +77,14 @@ def _from_layer(model, start: int, ids: Int[torch.Tensor, "b t"], x: Float[torch
         return p.unpack(packed_hidden(model, p))
 
 
+class _Grabbed(Exception):
+    """Raised by the pre-hook of layer ``start`` once it holds its input: the layers above it need not run."""
+
+
 @torch.no_grad()
 def _resid_in(model, start: int, rows: list[list[int]], pad_id: int) -> list[torch.Tensor]:
-    """Residual stream entering layer ``start`` for each row ([len, d]), original weights."""
+    """Residual stream entering layer ``start`` for each row ([len, d]), original weights (the forward stops
+    there)."""
     layer = decoder_layers(model)[start]
     out: list[torch.Tensor] = []
     for s in range(0, len(rows), CACHE_BATCH):
@@ -89,10 +94,13 @@ def _resid_in(model, start: int, rows: list[list[int]], pad_id: int) -> list[tor
 
         def grab(mod, args, kwargs, seen=seen):
             seen.append((args[0] if args else kwargs["hidden_states"]).detach())
+            raise _Grabbed
 
         hook = layer.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             packed_hidden(model, p)
+        except _Grabbed:
+            pass
         finally:
             hook.remove()
         x = p.unpack(seen[0])

@@ -33,6 +33,7 @@ from mechedit.edit.result import EditResult
 from mechedit.edit.teacher import replacement_subjects, teacher_distribution
 from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization
+from mechedit.memo import OriginalMemo, remembered
 from mechedit.models import fingerprint
 from mechedit.tokens import pad_left
 from patching.families import unembed
@@ -107,14 +108,18 @@ def _pick(n: int, k: int, gen: torch.Generator) -> list[int]:
 
 
 class _Refs:
-    """Everything computed from the original weights before training."""
+    """Everything computed from the original weights before training (hidden states shared through ``memo``,
+    keyed by the weights' fingerprint and the token rows)."""
 
-    def __init__(self, model, data: EditData, obj: Objective, cfg: EditConfig, facts: FactSet, progress: bool):
-        self.forget_h = (torch.stack(reference_hidden(model, data.forget_rows, data.pad_id, True))
-                         if "forget_ref" in obj.needs else None)
-        self.retain_h = (torch.stack(reference_hidden(model, data.retain_rows, data.pad_id, True))
-                         if "retain_ref" in obj.needs else None)
-        self.fluency_h = reference_hidden(model, data.fluency_rows, data.pad_id, False) if data.fluency_rows else []
+    def __init__(self, model, data: EditData, obj: Objective, cfg: EditConfig, facts: FactSet, progress: bool,
+                 memo: OriginalMemo | None = None, weights: str = ""):
+        def hidden(rows: list[list[int]], last_only: bool) -> list[torch.Tensor]:
+            key = ("edit-reference-hidden", weights, last_only, tuple(map(tuple, rows)))
+            return remembered(memo, key, lambda: reference_hidden(model, rows, data.pad_id, last_only))
+
+        self.forget_h = torch.stack(hidden(data.forget_rows, True)) if "forget_ref" in obj.needs else None
+        self.retain_h = torch.stack(hidden(data.retain_rows, True)) if "retain_ref" in obj.needs else None
+        self.fluency_h = hidden(data.fluency_rows, False) if data.fluency_rows else []
         self.teacher = build_teacher(model, data, facts, cfg, progress) if "teacher" in obj.needs else None
 
 
@@ -205,12 +210,13 @@ def cap_step_tokens(cfg: EditConfig, data: EditData, max_tokens: int = MAX_STEP_
 
 def edit(
     model: Model, facts: FactSet, localization: Localization, objective: str | Objective = "edit",
-    config: EditConfig | None = None, *, progress: bool = True,
+    config: EditConfig | None = None, *, progress: bool = True, memo: OriginalMemo | None = None,
 ) -> EditResult:
     """Fine-tune only ``localization``'s components of ``model`` (IN PLACE) so the forget facts change.
 
     Forget facts are ``facts.forget_set()`` (a target or forget=1), maintain facts the rest. Returns the
-    revertible delta; ``result.revert(model)`` restores the original weights bit-exactly.
+    revertible delta; ``result.revert(model)`` restores the original weights bit-exactly. ``memo``: reuse the
+    unedited model's reference hidden states from an earlier edit of the same weights (``mechedit.memo``).
     """
     cfg = config or EditConfig()
     obj = get_objective(objective)
@@ -222,7 +228,7 @@ def edit(
     use_fluency = cfg.fluency_weight > 0
     data = prepare(model, facts, cfg, obj.needs, use_fluency)
     cfg = cap_step_tokens(cfg, data)
-    refs = _Refs(model, data, obj, cfg, facts, progress)
+    refs = _Refs(model, data, obj, cfg, facts, progress, memo, base_fp)
     t_prefix = time.perf_counter()
     start = min(c.layer for c in localization.components)
     pools = {"forget": data.forget_rows, "retain": data.retain_rows, "fluency": data.fluency_rows}

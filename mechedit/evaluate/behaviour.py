@@ -21,8 +21,8 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from mechedit.edit.split import MaintainSplit, fact_key, maintain_of, split_maintain
-from mechedit.evaluate.memo import OriginalMemo, remembered
 from mechedit.facts import Fact, FactError, FactSet
+from mechedit.memo import OriginalMemo, remembered
 from mechedit.models import model_info
 from mechedit.scoring import ChoiceItem, ChoiceScores, render_items, score_items
 from mechedit.tokens import PromptBatch, candidate_token_ids, encode
@@ -228,7 +228,7 @@ def next_token_kl(
 ) -> Float[torch.Tensor, " n_texts"]:
     """Mean over real (non-pad) positions of KL(original ‖ edited) next-token distributions, per text.
 
-    ``memo``: reuse the original model's log-probabilities from an earlier call (``mechedit.evaluate.memo``).
+    ``memo``: reuse the original model's log-probabilities from an earlier call (``mechedit.memo``).
     """
     if not texts:
         raise ValueError("no texts to measure fluency on")

@@ -27,62 +27,50 @@ from tqdm.auto import tqdm
 
 from mechedit.evaluate.answers import answer_batch, answer_loss
 from mechedit.evaluate.copying import clear_captures
-from mechedit.evaluate.memo import OriginalMemo, remembered
 from mechedit.facts import Fact, FactError, FactSet
+from mechedit.memo import OriginalMemo, remembered
 from mechedit.models import hf_parameters, model_info
 from mechedit.tokens import encode
+from patching.families import packed_layer_outputs
 from patching.model import Model, arch
-from probes import collect_activations
+from patching.packing import plan
 
 Pooling = Literal["last", "mean"]
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")  # decoder layer L's parameters (GPT-2: transformer.h.L)
 
 
 # ---------------------------------------------------------------------- features
-
-
-def resid_hooks(model: Model) -> list[str]:
-    """``blocks.{L}.hook_resid_post`` for every layer."""
-    return [f"blocks.{layer}.hook_resid_post" for layer in range(arch(model).n_layers)]
 
 
 @torch.no_grad()
 def layer_features(
     model: Model, texts: Sequence[str], *, pooling: Pooling = "last", batch_size: int = 32, progress: bool = True
 ) -> Float[torch.Tensor, "layer n d_model"]:
-    """Residual stream after every block for each text: at the last token, or mean-pooled (pad and position 0 out)."""
+    """Residual stream after every block for each text: at the last token, or mean-pooled (pad and position 0 out).
+
+    Runs ``batch_size`` texts per packed forward (``patching.packing``: no compute on padding).
+    """
     if pooling not in ("last", "mean"):
         raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
     if not texts:
         raise FactError("no texts to compute features on")
     b = encode(model.tokenizer, list(texts), None, prepend_bos=model_info(model).prepend_bos)
-    hooks = resid_hooks(model)
-    if pooling == "last":
-        return collect_activations(model, b.input_ids, b.attention_mask, b.last, hooks, batch_size=batch_size,
-                                   progress=progress)
-    out = torch.zeros(len(hooks), len(texts), arch(model).d_model)
-    state: dict = {}
-
-    def make_hook(i: int):
-        def hook(act, hook=None):
-            w = state["weights"]
-            out[i, state["rows"]] = ((act.float() * w[..., None]).sum(1) / w.sum(1, keepdim=True)).detach()
-            return None
-
-        return hook
-
-    with model.hooks(fwd_hooks=[(h, make_hook(i)) for i, h in enumerate(hooks)]):
-        chunks = [list(range(s, min(s + batch_size, len(texts)))) for s in range(0, len(texts), batch_size)]
-        for rows in tqdm(chunks, desc="features", disable=not progress or len(chunks) < 4, leave=False):
-            mask = b.attention_mask[rows]
-            weights = mask.clone().float()
-            first = mask.argmax(1)  # first real token under left padding
-            weights[torch.arange(len(rows)), first] = 0.0
-            if (weights.sum(1) == 0).any():
-                bad = texts[rows[int((weights.sum(1) == 0).nonzero()[0])]]
-                raise FactError(f"text {bad!r} has a single token; mean pooling (which skips position 0) needs two")
-            state["rows"], state["weights"] = rows, weights
-            model(b.input_ids[rows], attention_mask=mask)
+    if pooling == "mean" and bool((b.attention_mask.sum(1) < 2).any()):
+        bad = texts[int((b.attention_mask.sum(1) < 2).nonzero()[0])]
+        raise FactError(f"text {bad!r} has a single token; mean pooling (which skips position 0) needs two")
+    out = torch.zeros(arch(model).n_layers, len(texts), arch(model).d_model)
+    chunks = [list(range(s, min(s + batch_size, len(texts)))) for s in range(0, len(texts), batch_size)]
+    for rows in tqdm(chunks, desc="features", disable=not progress or len(chunks) < 4, leave=False):
+        mask = b.attention_mask[rows]
+        p = plan(b.input_ids[rows], mask)
+        weights = mask.float()
+        weights[torch.arange(len(rows)), mask.argmax(1)] = 0.0  # mean pooling skips the first real token
+        for layer, h in enumerate(packed_layer_outputs(model, p)):
+            x = p.unpack(h).float()
+            if pooling == "last":
+                out[layer, rows] = x[:, -1]
+            else:
+                out[layer, rows] = (x * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
     return out
 
 
@@ -137,14 +125,18 @@ def pca_shift(X_ref: Float[torch.Tensor, "n d"], X: Float[torch.Tensor, "n d"], 
 
 
 def diagonal_fisher(
-    model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 4, progress: bool = True
+    model: Model, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 4, layers_only: bool = False,
+    progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher: mean over batches of squared gradients of the answer-token loss (pad masked).
 
     Gradients are taken with ``torch.autograd.grad`` so the model's ``.grad`` fields and weights stay untouched.
+    ``layers_only``: only the decoder layers' parameters (what the per-layer summaries read); the embedding's
+    dense gradient, the costliest part of the backward pass on a large vocabulary, is then never formed.
     """
     ids, mask, labels = answer_batch(model.tokenizer, prompts, answers, model_info(model).prepend_bos)
-    named = list(hf_parameters(model).items())  # plain HF names, so models match by exact name
+    named = [(n, p) for n, p in hf_parameters(model).items()  # plain HF names, so models match by exact name
+             if not layers_only or _LAYER.search(n)]
     params = [p for _, p in named]
     flags = [p.requires_grad for p in params]
     fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]
@@ -238,7 +230,7 @@ def diagnose(
 ) -> Diagnostics:
     """PCA similarity/shift, CKA and Fisher per layer, on ``facts`` (usually the forget set) for both models.
 
-    ``memo``: reuse the original model's features and Fisher from an earlier call (``mechedit.evaluate.memo``).
+    ``memo``: reuse the original model's features and Fisher from an earlier call (``mechedit.memo``).
     """
     facts = list(facts)
     texts = diagnostic_texts(facts)
@@ -266,12 +258,14 @@ def diagnose(
         d.pca_abs_cos_relearned = [pca_similarity(ref[layer], rl[layer])[1] for layer in range(n_layers)]
     if fisher:
         prompts, answers = [f.render() for f in facts], [f.answer for f in facts]
-        f_ref = remembered(memo, ("fisher", tuple(prompts), tuple(answers)),
-                           lambda: diagonal_fisher(original, prompts, answers, progress=progress))
-        f_ed = diagonal_fisher(edited, prompts, answers, progress=progress)
+
+        def fisher_of(model: Model) -> dict[str, torch.Tensor]:
+            return diagonal_fisher(model, prompts, answers, layers_only=True, progress=progress)
+
+        f_ref = remembered(memo, ("fisher", "layers", tuple(prompts), tuple(answers)), lambda: fisher_of(original))
+        f_ed = fisher_of(edited)
         d.fisher_original, d.fisher_edited = fisher_by_layer(f_ref, n_layers), fisher_by_layer(f_ed, n_layers)
         d.fisher_cosine = fisher_overlap(f_ref, f_ed, n_layers)
         if relearned is not None:
-            d.fisher_relearned = fisher_by_layer(diagonal_fisher(relearned, prompts, answers, progress=progress),
-                                                 n_layers)
+            d.fisher_relearned = fisher_by_layer(fisher_of(relearned), n_layers)
     return d

@@ -32,10 +32,10 @@ from mechedit.evaluate.behaviour import Behaviour, choose_shots, fluency_kl, nex
 from mechedit.evaluate.copying import clone_model
 from mechedit.evaluate.diagnostics import Diagnostics, diagnose
 from mechedit.evaluate.latent import LatentProbes, latent_probes
-from mechedit.evaluate.memo import OriginalMemo
 from mechedit.evaluate.relearn import RelearnConfig, RelearnResult, relearn_attack
 from mechedit.evaluate.verdict import Verdict, VerdictRule, decide
 from mechedit.facts import FactError, FactSet
+from mechedit.memo import OriginalMemo
 from mechedit.models import fingerprint, model_info
 from mechedit.results import SavedResult
 from mechedit.stats import chance_accuracy

@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from mechedit.evaluate.memo import OriginalMemo, remembered
 from mechedit.facts import Fact, FactError, FactSet
+from mechedit.memo import OriginalMemo, remembered
 from mechedit.models import model_info
 from mechedit.stats import bootstrap_ci, chance_accuracy, majority_chance
 from mechedit.tokens import encode, first_token_id
@@ -242,7 +242,7 @@ def latent_probes(
 
     ``first_edited_layer``: the earliest layer of the edit's components (0 for a nonlocalized edit); None: the
     first layer whose residual stream differs between the two models on the forget facts. ``memo``: reuse the
-    original model's features and probes from an earlier call (``mechedit.evaluate.memo``).
+    original model's features and probes from an earlier call (``mechedit.memo``).
     """
     if not any(f.changes for f in facts):
         raise FactError(f"fact set '{facts.name}' has no forget facts to probe")

@@ -2,8 +2,10 @@
 
 ``compare`` evaluates several edits (one per method) of the same facts against the same original model: the
 original model's features, Fisher diagonal, fluency log-probabilities and latent probes do not depend on the
-edit, so ``evaluate(..., memo=OriginalMemo())`` computes each of them at its first use and reuses it. A key names
-everything the result depends on besides the original model, so one memo must only ever see one original model.
+edit, and neither do the editor's reference hidden states (computed on the unedited weights), so
+``edit(..., memo=m)`` and ``evaluate(..., memo=m)`` compute each of them at its first use and reuse it. A key names
+everything the result depends on besides the original model, so one memo must only ever see one original model
+(the editor's keys also carry the model's fingerprint).
 """
 
 from __future__ import annotations
