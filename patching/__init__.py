@@ -20,12 +20,13 @@ from patching.corrupt import (
 )
 from patching.metrics import Metric, answer_prob, logit_diff
 from patching.model import Arch, arch, head_label, mlp_label, resid_label
-from patching.path import path_patch
+from patching.path import path_hooks, path_patch
 from patching.result import PatchResult, UnchangedMetricWarning
 from patching.tracing import causal_trace, rome_trace
 
 __all__ = [
     "Arch", "Corruption", "Metric", "Noise", "PatchResult", "UnchangedMetricWarning", "activation_patch", "answer_prob",
     "arch", "attribution_patch", "causal_trace", "embedding_std", "gaussian_noise", "head_label", "logit_diff",
-    "mlp_label", "rome_trace", "path_patch", "random_subject_tokens", "resid_label", "subject_mask", "swap_subjects",
+    "mlp_label", "rome_trace", "path_hooks", "path_patch", "random_subject_tokens", "resid_label", "subject_mask",
+    "swap_subjects",
 ]

@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from patching.corrupt import Corruption
-from patching.metrics import Metric, evaluate_variants
+from patching.metrics import Metric, evaluate_variants, narrowed
 from patching.model import (
     Arch,
     Model,
@@ -116,14 +116,15 @@ def patch_deltas(
     per = variants_per_chunk(B, pos, a, max_rows)
     work = [(key, [idx[i] for i in c]) for key, idx in groups.items() for c in chunks(len(idx), per)]
     values: list[float] = [0.0] * len(labels)
+    columns, metric = narrowed(metric)  # a metric reading a few vocabulary columns: unembed only those
     for (layer, mid, start_name), idx in tqdm(work, desc=desc, disable=not progress, leave=False):
         start = runs.base.cache[start_name]
         with torch.no_grad():
             x = torch.cat([start + delta(sites[i]) for i in idx])
             if layer == a.n_layers:  # the last MLP: its output is the final residual
-                logits = final_logits(model, x[:, -1, :])
+                logits = final_logits(model, x[:, -1, :], columns)
             else:
-                logits = run_from(model, runs.base, layer, x, mid=mid)
+                logits = run_from(model, runs.base, layer, x, mid=mid, columns=columns)
         for i, v in zip(idx, evaluate_variants(metric, logits, B), strict=True):
             values[i] = v
     return values

@@ -15,18 +15,46 @@ from torch import Tensor
 Metric = Callable[[Float[Tensor, "batch vocab"]], Float[Tensor, ""]]
 
 
+class LogitDiff:
+    """Mean logit difference between each prompt's true answer token and another answer token.
+
+    It reads two vocabulary columns per row, so callers that evaluate it on many patched variants unembed only
+    ``columns`` and call ``on_columns()`` (``narrowed``): the full unembedding would cost far more than the metric.
+    """
+
+    def __init__(self, answer_ids: Int[Tensor, " batch"], other_ids: Int[Tensor, " batch"]):
+        answer_ids, other_ids = torch.as_tensor(answer_ids).long(), torch.as_tensor(other_ids).long()
+        if answer_ids.shape != other_ids.shape or answer_ids.ndim != 1:
+            raise ValueError(f"answer_ids {tuple(answer_ids.shape)} and other_ids {tuple(other_ids.shape)} must be "
+                             "1-D of the same length")
+        self.answer_ids, self.other_ids = answer_ids, other_ids
+
+    def __call__(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, ""]:
+        rows = torch.arange(logits.shape[0])
+        return (logits[rows, self.answer_ids] - logits[rows, self.other_ids]).mean()
+
+    @property
+    def columns(self) -> Int[Tensor, " k"]:
+        """The vocabulary columns the metric reads (sorted, unique)."""
+        return torch.unique(torch.cat([self.answer_ids, self.other_ids]))
+
+    def on_columns(self) -> LogitDiff:
+        """The same metric on logits holding only ``columns`` (in that order)."""
+        cols = self.columns
+        return LogitDiff(torch.searchsorted(cols, self.answer_ids), torch.searchsorted(cols, self.other_ids))
+
+
 def logit_diff(answer_ids: Int[Tensor, " batch"], other_ids: Int[Tensor, " batch"]) -> Metric:
     """Mean logit difference between each prompt's true answer token and another answer token."""
-    answer_ids, other_ids = torch.as_tensor(answer_ids).long(), torch.as_tensor(other_ids).long()
-    if answer_ids.shape != other_ids.shape or answer_ids.ndim != 1:
-        raise ValueError(f"answer_ids {tuple(answer_ids.shape)} and other_ids {tuple(other_ids.shape)} must be "
-                         "1-D of the same length")
+    return LogitDiff(answer_ids, other_ids)
 
-    def metric(logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, ""]:
-        rows = torch.arange(logits.shape[0])
-        return (logits[rows, answer_ids] - logits[rows, other_ids]).mean()
 
-    return metric
+def narrowed(metric: Metric) -> tuple[Int[Tensor, " k"] | None, Metric]:
+    """(columns, metric on logits of those columns only) for a metric that reads a few vocabulary columns
+    (``LogitDiff``), else (None, the metric itself)."""
+    if isinstance(metric, LogitDiff):
+        return metric.columns, metric.on_columns()
+    return None, metric
 
 
 def answer_prob(answer_ids: Int[Tensor, " batch"]) -> Metric:

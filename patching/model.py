@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from patching.families import family, family_of_config, logit_softcap
+from patching.families import family, family_of_config, logit_softcap, unembedding
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge as Model
@@ -274,9 +274,10 @@ def _repeat(value, batch: int, times: int):
 @torch.no_grad()
 def run_from(
     model: Model, rec: Recording, layer: int, resid: Float[Tensor, "rows pos d_model"], *, mid: bool = False,
-    fwd_hooks: Sequence[Hook] = (),
-) -> Float[Tensor, "rows vocab"]:
-    """Resume the forward at ``layer`` from ``resid`` and return last-position logits.
+    fwd_hooks: Sequence[Hook] = (), columns: Int[Tensor, " k"] | None = None,
+) -> Float[Tensor, "rows vocab"] | Float[Tensor, "rows k"]:
+    """Resume the forward at ``layer`` from ``resid`` and return last-position logits (of ``columns`` only when
+    given).
 
     ``resid`` stacks ``rows = k * rec.batch`` prompts (variant-major); ``mid=True`` means ``resid`` is the
     residual after layer ``layer``'s attention (hook_resid_mid), so only that layer's MLP half is run
@@ -303,12 +304,21 @@ def run_from(
             args = _repeat(rec.block_args[i], rec.batch, times) if rec.block_args else ()
             out = model.blocks[i](x, *args, **kw)
             x = out[0] if isinstance(out, tuple) else out
-        return final_logits(model, x[:, -1, :])
+        return final_logits(model, x[:, -1, :], columns)
 
 
-def final_logits(model: Model, resid_last: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
-    """Logits from final-layer residuals at the prediction position (ln_final, unembed, Gemma-2's soft-cap)."""
-    logits = model.unembed(model.ln_final(resid_last[:, None, :].to(model_dtype(model))))[:, 0, :]
+def final_logits(
+    model: Model, resid_last: Float[Tensor, "rows d_model"], columns: Int[Tensor, " k"] | None = None
+) -> Float[Tensor, "rows vocab"] | Float[Tensor, "rows k"]:
+    """Logits from final-layer residuals at the prediction position (ln_final, unembed, Gemma-2's soft-cap);
+    ``columns``: only those vocabulary entries (``patching.metrics.narrowed``)."""
+    normed = model.ln_final(resid_last[:, None, :].to(model_dtype(model)))
+    if columns is None:
+        logits = model.unembed(normed)[:, 0, :]
+    else:
+        head = unembedding(model)
+        logits = torch.nn.functional.linear(normed[:, 0, :], head.weight[columns],
+                                            None if head.bias is None else head.bias[columns])
     cap = logit_softcap(model)
     return logits if cap is None else torch.tanh(logits / cap) * cap
 

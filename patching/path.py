@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from patching.activation import Components, expand_components
 from patching.corrupt import Corruption
-from patching.metrics import Metric, evaluate_variants
+from patching.metrics import Metric, evaluate_variants, narrowed
 from patching.model import (
     Model,
     Site,
@@ -84,12 +84,13 @@ def path_patch(
     model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], corruption: Corruption,
     metric: Metric, *, senders: Components = "all", receivers: str | Sequence[str] = "logits",
     receiver_inputs: Sequence[str] = QKV, direction: Direction = "noising", max_rows: int | None = None,
-    progress: bool = False,
+    progress: bool = False, runs: Runs | None = None,
 ) -> PatchResult:
     """Path-patch each sender alone into ``receivers`` ("logits" or head labels); metric per sender.
 
     Default direction is noising (clean run, sender takes its corrupted value), as in IOI-style path
-    patching. See the module docstring for what is frozen.
+    patching. See the module docstring for what is frozen. ``runs``: the base and source recordings of these
+    inputs from ``make_runs`` (caching at least ``path_hooks``), so several calls record them once.
     """
     a = arch(model)
     labels = expand_components(model, senders, input_ids.shape[1])
@@ -101,16 +102,39 @@ def path_patch(
         if receivers != "logits":
             raise ValueError(f"receivers must be 'logits' or a list of head labels, got {receivers!r}")
         names.add(f"blocks.{a.n_layers - 1}.hook_resid_post")
-        runs = make_runs(model, input_ids, attention_mask, corruption, metric, direction, sorted(names))
+        runs = _given_or_new(runs, model, input_ids, attention_mask, corruption, metric, direction, names)
         values = _direct(model, runs, metric, sites, max_rows, progress)
         extra = {"receivers": "logits"}
     else:
         rsites = check_receivers(model, receivers, receiver_inputs)
         names |= {f"blocks.{r.layer}.hook_resid_pre" for r in rsites}
-        runs = make_runs(model, input_ids, attention_mask, corruption, metric, direction, sorted(names))
+        runs = _given_or_new(runs, model, input_ids, attention_mask, corruption, metric, direction, names)
         values = _to_heads(model, runs, metric, sites, rsites, list(receiver_inputs), max_rows, progress)
         extra = {"receivers": list(receivers), "receiver_inputs": list(receiver_inputs)}
     return PatchResult("path", labels, values, runs.clean, runs.corrupt, direction, extra)
+
+
+def path_hooks(model: Model) -> list[str]:
+    """Every hook any path patch of a model reads: head outputs, MLP outputs, each layer's input, the final
+    residual stream (record them once with ``make_runs`` to path-patch into logits and then into heads)."""
+    n = arch(model).n_layers
+    per_layer = ("attn.hook_z", "hook_mlp_out", "hook_resid_pre")
+    return sorted([f"blocks.{layer}.{h}" for layer in range(n) for h in per_layer]
+                  + [f"blocks.{n - 1}.hook_resid_post"])
+
+
+def _given_or_new(runs: Runs | None, model, input_ids, attention_mask, corruption, metric, direction,
+                  names: set[str]) -> Runs:
+    """``runs`` checked against what this call needs, or a new recording of exactly ``names``."""
+    if runs is None:
+        return make_runs(model, input_ids, attention_mask, corruption, metric, direction, sorted(names))
+    if runs.direction != direction or runs.batch != input_ids.shape[0]:
+        raise ValueError(f"runs were recorded for direction {runs.direction!r} on {runs.batch} rows, not "
+                         f"{direction!r} on {input_ids.shape[0]}")
+    missing = sorted(names - runs.base.cache.keys())
+    if missing:
+        raise ValueError(f"runs do not cache {missing[0]!r} (and {len(missing) - 1} more); record path_hooks(model)")
+    return runs
 
 
 @torch.no_grad()
@@ -118,12 +142,14 @@ def _direct(model, runs: Runs, metric: Metric, sites: list[Site], max_rows: int 
     """Direct effects on the logits of every sender, batched over senders (no forward pass)."""
     a, B = runs.arch, runs.batch
     final = runs.base.cache[f"blocks.{a.n_layers - 1}.hook_resid_post"][:, -1, :]
+    columns, metric = narrowed(metric)  # a metric reading a few vocabulary columns: unembed only those
     # the unembedding dominates here: keep a chunk's logits near 256 MiB
-    per = max(1, (max_rows or int(256 * 2**20 / (4 * a.vocab))) // B)
+    width = a.vocab if columns is None else max(len(columns), a.d_model)
+    per = max(1, (max_rows or int(256 * 2**20 / (4 * width))) // B)
     values: list[float] = []
     for c in tqdm(chunks(len(sites), per), desc="path patching (direct)", disable=not progress, leave=False):
         x = torch.cat([final + sender_delta(model, runs, sites[i])[:, -1, :] for i in c])
-        values += evaluate_variants(metric, final_logits(model, x), B)
+        values += evaluate_variants(metric, final_logits(model, x, columns), B)
     return values
 
 
@@ -158,6 +184,7 @@ def _to_heads(
     active = [i for i, s in enumerate(sites) if any(upstream(s, r.layer) for r in rsites)]
     values = [base_metric] * len(sites)  # senders upstream of no receiver change nothing
     per = variants_per_chunk(B, pos, a, max_rows)
+    columns, metric = narrowed(metric)
     for c in tqdm(chunks(len(active), per), desc="path patching (heads)", disable=not progress, leave=False):
         idx = [active[i] for i in c]
         deltas = [sender_delta(model, runs, sites[i]) for i in idx]
@@ -170,7 +197,7 @@ def _to_heads(
             ])
             hooks.append((f"blocks.{layer}.attn.hook_{which}", _qkv_hook(heads, patched)))
         x = runs.base.cache[f"blocks.{first}.hook_resid_pre"].repeat(len(idx), 1, 1)
-        logits = run_from(model, runs.base, first, x, fwd_hooks=hooks)
+        logits = run_from(model, runs.base, first, x, fwd_hooks=hooks, columns=columns)
         for i, v in zip(idx, evaluate_variants(metric, logits, B), strict=True):
             values[i] = v
     return values

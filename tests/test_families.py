@@ -78,6 +78,25 @@ def test_bridge_logits_equal_hf_logits(tiny, setup, dtype):
     assert (bridge[real] - hf[real]).abs().max() <= TOL[dtype] * max(1.0, float(hf.abs().max()))
 
 
+def test_logit_diff_on_a_few_unembedded_columns_is_the_full_metric(tiny, setup, dtype):
+    """Patching evaluates logit differences on only the metric's vocabulary columns (``narrowed``): the same
+    logits (soft-cap included) and the same metric as the full unembedding."""
+    from patching.metrics import logit_diff, narrowed
+    from patching.model import final_logits
+
+    torch.manual_seed(0)
+    x = torch.randn(6, tiny.cfg.d_model).to(dtype) * 3
+    metric = logit_diff(torch.tensor([5, 9, 5, 2, 7, 9]), torch.tensor([9, 2, 11, 5, 5, 3]))
+    columns, small = narrowed(metric)
+    assert columns.tolist() == [2, 3, 5, 7, 9, 11]
+    with torch.no_grad():
+        full, few = final_logits(tiny, x), final_logits(tiny, x, columns)
+    scale = max(1.0, float(full.abs().max()))
+    assert (few - full[:, columns]).abs().max() <= TOL[dtype] * scale
+    assert abs(float(small(few)) - float(metric(full))) <= 2 * TOL[dtype] * scale
+    assert narrowed(lambda logits: logits[:, 0].mean())[0] is None  # any other metric sees the full logits
+
+
 def test_activation_and_path_patching_match_reference(tiny, setup, dtype):
     tol = TOL[dtype]
     fast = activation_patch(tiny, *_args(setup), components="all", max_rows=20)

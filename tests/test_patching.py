@@ -91,6 +91,25 @@ def test_path_to_heads_matches_reference(factworld, setup, inputs):
     assert max(abs(scores[f"mlp.{layer}"]) for layer in range(3)) > 0.01
 
 
+def test_path_patches_share_one_recording_bit_for_bit(factworld, setup):
+    """Recording path_hooks once and path-patching into the logits and then into heads gives exactly the numbers
+    of each call recording its own runs; runs of another direction, or missing a hook, are refused."""
+    from patching.path import path_hooks
+    from patching.runs import make_runs
+
+    runs = make_runs(factworld, *_args(setup), "noising", path_hooks(factworld))
+    receivers = ["head.3.0", "head.2.2"]
+    for kw in (dict(senders="heads", receivers="logits"), dict(senders="mlps", receivers=receivers)):
+        alone = path_patch(factworld, *_args(setup), **kw)
+        shared = path_patch(factworld, *_args(setup), **kw, runs=runs)
+        assert (shared.values, shared.clean, shared.corrupt) == (alone.values, alone.clean, alone.corrupt)
+    with pytest.raises(ValueError, match="direction 'noising'"):
+        path_patch(factworld, *_args(setup), senders="mlps", receivers=receivers, direction="denoising", runs=runs)
+    few = make_runs(factworld, *_args(setup), "noising", ["blocks.3.hook_resid_post"])
+    with pytest.raises(ValueError, match="do not cache 'blocks.0.attn.hook_z'"):
+        path_patch(factworld, *_args(setup), senders="heads", receivers="logits", runs=few)
+
+
 def test_attribution_matches_finite_differences(factworld, setup):
     res = attribution_patch(factworld, *_args(setup), components=SOME, direction="noising")
     base = res.clean

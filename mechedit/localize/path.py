@@ -26,7 +26,8 @@ from mechedit.facts import FactSet
 from mechedit.localize.localization import Localization, budget_rule, fit_budget, make_localization
 from mechedit.localize.patch_setup import CorruptionKind, choose_by_fraction, patch_setup, pick
 from patching.model import Model, arch
-from patching.path import path_patch
+from patching.path import path_hooks, path_patch
+from patching.runs import make_runs
 
 
 def localize_path(
@@ -38,13 +39,17 @@ def localize_path(
     """Localize facts to the MLPs feeding the extraction heads (see module docstring for the rules)."""
     setup = patch_setup(model, facts, corruption=corruption, max_facts=max_facts, seed=seed)
     b = setup.batch
+    # both steps patch the same clean and corrupted runs: record them once
+    runs = make_runs(model, b.input_ids, b.attention_mask, setup.corruption, setup.metric, "noising",
+                     path_hooks(model))
     heads = path_patch(model, b.input_ids, b.attention_mask, setup.corruption, setup.metric, senders="heads",
-                       receivers="logits", direction="noising", max_rows=max_rows, progress=progress)
+                       receivers="logits", direction="noising", max_rows=max_rows, progress=progress, runs=runs)
     head_scores = heads.scores()
     extraction = choose_by_fraction(head_scores, heads.labels, head_fraction, max_heads)
     mlps = path_patch(model, b.input_ids, b.attention_mask, setup.corruption, setup.metric, senders="mlps",
                       receivers=extraction, receiver_inputs=list(receiver_inputs), direction="noising",
-                      max_rows=max_rows, progress=progress)
+                      max_rows=max_rows, progress=progress, runs=runs)
+    del runs
     mlp_scores = mlps.scores()
     chosen, rule = pick(model, mlp_scores, mlps.labels, fraction=mlp_fraction, budget=budget)
     if include_heads:
