@@ -87,6 +87,22 @@ def test_relearning_trains_toward_the_true_answers(factworld, edit_facts, small_
     assert r.recovery is not None and r.recovery_ci["low"] <= r.recovery <= r.recovery_ci["high"]
 
 
+def test_the_lora_attack_after_its_control_on_one_copy_is_the_attack_alone(factworld, edit_facts, small_edit):
+    """The LoRA control and attack share one copy (adapters reset in between): the attack's curves, losses and
+    relearned weights are bit-identical to an attack run alone on its own copy."""
+    edited = clone_model(factworld)
+    small_edit.apply(edited)
+    runs = [relearn_attack(edited, edit_facts, RelearnConfig(steps=6, eval_every=3, control=control),
+                           original=factworld, keep_model=True, progress=False) for control in (True, False)]
+    (both, m_both), (alone, m_alone) = runs
+    assert both.control_accuracy is not None and alone.control_accuracy is None
+    for key in ("steps", "heldout_accuracy", "heldout_prob", "trained_accuracy", "loss", "maintain_accuracy"):
+        assert getattr(both, key) == getattr(alone, key), key
+    assert both.loss != both.loss[:1] * len(both.loss)  # it trained
+    a, b = hf_parameters(m_both), hf_parameters(m_alone)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_verdict_rule():
     common = dict(forget_accuracy=0.0, original_forget_accuracy=1.0, chance=0.25)
     v = decide(**common, relearn_recovery=0.8, latent_after=0.3, latent_before=0.9, latent_chance=0.3)
@@ -309,7 +325,7 @@ def test_unknown_relearn_mode_is_one_line_error(tmp_path):
 def test_a_shared_memo_changes_no_number(factworld, edit_facts, small_edit):
     """Evaluating two edits of one fact set with one OriginalMemo gives exactly the numbers of evaluating each
     alone; the second evaluation reuses the original model's features, probes, Fisher and fluency."""
-    from mechedit.evaluate.memo import OriginalMemo
+    from mechedit.memo import OriginalMemo
 
     def numbers(ev):
         d = ev.to_dict()

@@ -173,14 +173,29 @@ def _trainable(model: Model, cfg: RelearnConfig):
     return [p for p in pm.parameters() if p.requires_grad], pm
 
 
-def _run(edited, prompts, answers, heldout, trained, tracked, cfg, seed, progress, desc, keep_model=False,
+class _Copy:
+    """The private copy the attack trains: its trainable parameters, and their initial values when several runs
+    share it (LoRA trains adapters only, so resetting them restores the very model a fresh copy would give)."""
+
+    def __init__(self, edited: Model, cfg: RelearnConfig, seed: int, shared: bool):
+        self.model = clone_model(edited)
+        torch.manual_seed(seed)
+        self.params, self.pm = _trainable(self.model, cfg)
+        self.init = [p.detach().clone() for p in self.params] if shared else None
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Put the trainable parameters back to their initial values (a shared copy, between runs)."""
+        for p, v in zip(self.params, self.init, strict=True):
+            p.copy_(v)
+
+
+def _run(copy_: _Copy, edited, prompts, answers, heldout, trained, tracked, cfg, progress, desc, keep_model=False,
          start=None):
-    """One attack on a copy of ``edited``: curves (and the copy when ``keep_model``). ``start``: the step-0 read
-    of an earlier run on the same model (before any step every run reads the same numbers)."""
+    """One attack on ``copy_`` (of ``edited``): curves (and the trained model when ``keep_model``). ``start``: the
+    step-0 read of an earlier run on the same model (before any step every run reads the same numbers)."""
     ids, mask, labels = answer_batch(edited.tokenizer, prompts, answers, model_info(edited).prepend_bos)
-    model = clone_model(edited)
-    torch.manual_seed(seed)
-    params, pm = _trainable(model, cfg)
+    model, params, pm = copy_.model, copy_.params, copy_.pm
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     eval_at = sorted({0, cfg.steps, *range(cfg.eval_every, cfg.steps, cfg.eval_every)})
     out = {"steps": [], "h_acc": [], "h_prob": [], "t_acc": [], "m_acc": [], "loss": [], "h_last": None}
@@ -253,20 +268,28 @@ def relearn_attack(
     random.Random(seed).shuffle(train_facts)
     prompts = [f.render() for f in train_facts]
     answers = [f.answer for f in train_facts]
+    # LoRA: both runs share one copy (the control first, adapters reset, then the attack, which keep_model
+    # returns); full fine-tuning changes every weight, so each run gets its own copy
+    shared = cfg.mode == "lora" and cfg.control
     t0 = time.perf_counter()
-    att = _run(edited, prompts, answers, heldout, trained, tracked, cfg, seed, progress, "relearning", keep_model)
-    seconds = {"attack": time.perf_counter() - t0}
-    ctl = None
+    copy_ = _Copy(edited, cfg, seed, shared)
+    ctl, seconds = None, {}
     if cfg.control:
         forget_idx = [i for i, f in enumerate(train_facts) if f.changes]
         shuffled = prior_only_answers([answers[i] for i in forget_idx], seed)
         ctl_answers = list(answers)
         for i, a in zip(forget_idx, shuffled, strict=True):
             ctl_answers[i] = a
-        t0 = time.perf_counter()
-        ctl = _run(edited, prompts, ctl_answers, heldout, trained, tracked, cfg, seed, progress, "relearn control",
-                   start=att)
+        ctl = _run(copy_, edited, prompts, ctl_answers, heldout, trained, tracked, cfg, progress, "relearn control")
         seconds["control"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if shared:
+            copy_.reset()
+        else:
+            copy_ = _Copy(edited, cfg, seed, False)
+    att = _run(copy_, edited, prompts, answers, heldout, trained, tracked, cfg, progress, "relearning", keep_model,
+               start=ctl)
+    seconds["attack"] = time.perf_counter() - t0
     chance = chance_accuracy([len(f.candidates) for f in heldout])
     orig, orig_per = None, None
     if original is not None:
