@@ -15,9 +15,10 @@ or the paired difference's 95 % CI over facts, which must contain 0; one-number-
 inside the baseline's own interval where it has one), and a final ratio line: baseline seconds / current seconds
 for the second cell (a cell of a running comparison).
 
-Measured (quiet 2-core CPU, against dff4067): first cell 316 s -> 158 s (2.00x), further cell 287 s -> 159 s
-(1.80x); every summary metric of both cells exact, fluency KL equal to float rounding. Causal tracing's
-localization (ROME tracing of 64 facts, ~158 s per seed) is not packed, so a causal-tracing cell gains less.
+Measured (2-core CPU, against dff4067, same run): further cell (path) 303 s -> 150 s (2.02x), first cell of a
+seed (probe) 303 s -> 158 s (1.93x); every summary metric of both cells exact, fluency KL equal to float rounding.
+The ratio moves by a few percent between runs on a shared machine. Causal tracing's localization (ROME tracing of
+64 facts, ~158 s per seed) is not packed, so a causal-tracing cell gains less.
 
 Usage: python bench/compare.py [--baseline COMMIT] [--methods probe,path] [--relation P37]
        [--n-facts 32] [--current-only]
