@@ -148,9 +148,15 @@ def logit_softcap(model: Model) -> float | None:
     return float(cap) if cap else None
 
 
-def unembed(model: Model, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits from final (normed) hidden states, as the HF causal LM computes them (soft-capped for Gemma-2)."""
-    logits = unembedding(model)(hidden)
+def unembed(model: Model, hidden: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits from final (normed) hidden states, as the HF causal LM computes them (soft-capped for Gemma-2);
+    ``columns``: only those vocabulary entries (a metric that reads a few tokens needs no 49k-wide product)."""
+    head = unembedding(model)
+    if columns is None:
+        logits = head(hidden)
+    else:
+        logits = torch.nn.functional.linear(hidden, head.weight[columns],
+                                            None if head.bias is None else head.bias[columns])
     cap = logit_softcap(model)
     return logits if cap is None else torch.tanh(logits / cap) * cap
 

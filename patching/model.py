@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from patching.families import family, family_of_config, logit_softcap, unembedding
+from patching.families import family, family_of_config, unembed
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge as Model
@@ -312,15 +312,7 @@ def final_logits(
 ) -> Float[Tensor, "rows vocab"] | Float[Tensor, "rows k"]:
     """Logits from final-layer residuals at the prediction position (ln_final, unembed, Gemma-2's soft-cap);
     ``columns``: only those vocabulary entries (``patching.metrics.narrowed``)."""
-    normed = model.ln_final(resid_last[:, None, :].to(model_dtype(model)))
-    if columns is None:
-        logits = model.unembed(normed)[:, 0, :]
-    else:
-        head = unembedding(model)
-        logits = torch.nn.functional.linear(normed[:, 0, :], head.weight[columns],
-                                            None if head.bias is None else head.bias[columns])
-    cap = logit_softcap(model)
-    return logits if cap is None else torch.tanh(logits / cap) * cap
+    return unembed(model, model.ln_final(resid_last[:, None, :].to(model_dtype(model)))[:, 0, :], columns)
 
 
 def model_dtype(model: Model) -> torch.dtype:

@@ -63,8 +63,9 @@ def layer_features(
     for rows in tqdm(chunks, desc="features", disable=not progress or len(chunks) < 4, leave=False):
         mask = b.attention_mask[rows]
         p = plan(b.input_ids[rows], mask)
-        weights = mask.float()
-        weights[torch.arange(len(rows)), mask.argmax(1)] = 0.0  # mean pooling skips the first real token
+        if pooling == "mean":
+            weights = mask.float()
+            weights[torch.arange(len(rows)), mask.argmax(1)] = 0.0  # skip the first real token (left padding)
         for layer, h in enumerate(packed_layer_outputs(model, p)):
             x = p.unpack(h).float()
             if pooling == "last":

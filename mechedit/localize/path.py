@@ -49,7 +49,6 @@ def localize_path(
     mlps = path_patch(model, b.input_ids, b.attention_mask, setup.corruption, setup.metric, senders="mlps",
                       receivers=extraction, receiver_inputs=list(receiver_inputs), direction="noising",
                       max_rows=max_rows, progress=progress, runs=runs)
-    del runs
     mlp_scores = mlps.scores()
     chosen, rule = pick(model, mlp_scores, mlps.labels, fraction=mlp_fraction, budget=budget)
     if include_heads:
