@@ -292,7 +292,7 @@ def write_figures(summary: Comparison, out_dir: str | Path, fmt: str = "png", sc
         if fig is None:
             continue
         path = out / f"{name}.{fmt}"
-        fig.update_layout(updatemenus=[])  # the page's buttons do nothing in an image
+        fig.layout.updatemenus = ()  # the page's buttons do nothing in an image (update_layout would merge)
         fig.write_image(path, format=fmt, width=1100, height=fig.layout.height or 560, scale=scale)
         written.append(path)
     return written

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,18 @@ def test_figures_command_writes_each_figure_as_png(run_dir, tmp_path):
     assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in written)
     res = CliRunner().invoke(app, ["figures", str(run_dir), "--out", str(tmp_path)])
     assert res.exit_code != 0 and "--force" in res.output  # never overwritten silently
+
+
+def test_figures_as_images_drop_the_pages_buttons(run_dir, tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    from mechedit.compare import Comparison
+    from mechedit.report import FIGURES, write_figures
+
+    comparison = Comparison.load(run_dir)
+    assert any(len(make(comparison).layout.updatemenus) for make in FIGURES.values() if make(comparison))
+    menus = {}
+    monkeypatch.setattr(go.Figure, "write_image",
+                        lambda fig, path, **kw: menus.__setitem__(Path(path).name, len(fig.layout.updatemenus)))
+    write_figures(comparison, tmp_path)
+    assert menus and set(menus.values()) == {0}, menus  # buttons do nothing in a PNG
