@@ -42,18 +42,20 @@ notebooks: $(STAMP)
 
 # the real-model experiment of docs/results.md (~45 min on 2 cores): SmolLM2-135M, CounterFact P37, paper preset;
 # keeps summary.json/.md/.csv under docs/results/ and draws its figures there
+# $(call paper_run,RUN_DIR,DOCS_DIR,EXTRA_OPTIONS): run the preset, keep its summaries under DOCS_DIR, draw its figures
+define paper_run
+	$(BIN)/mechedit compare smollm2-135m counterfact --relation P37 --preset paper $(3) --out $(1) --force
+	mkdir -p $(2)
+	cp $(1)/summary.json $(1)/summary.md $(1)/summary.csv $(2)/
+	$(BIN)/mechedit figures $(2) --force
+endef
+
 results: $(STAMP)
-	$(BIN)/mechedit compare smollm2-135m counterfact --relation P37 --preset paper --out runs/paper --force
-	mkdir -p docs/results
-	cp runs/paper/summary.json runs/paper/summary.md runs/paper/summary.csv docs/results/
-	$(BIN)/mechedit figures docs/results --force
+	$(call paper_run,runs/paper,docs/results,)
 
 # the same experiment with the unlearning objective (NPO) instead of the edit objective (~45 min on 2 cores)
 results-npo: $(STAMP)
-	$(BIN)/mechedit compare smollm2-135m counterfact --relation P37 --preset paper --objective npo --out runs/paper-npo --force
-	mkdir -p docs/results/npo
-	cp runs/paper-npo/summary.json runs/paper-npo/summary.md runs/paper-npo/summary.csv docs/results/npo/
-	$(BIN)/mechedit figures docs/results/npo --force
+	$(call paper_run,runs/paper-npo,docs/results/npo,--objective npo)
 
 # redraw the committed figures from docs/results/summary.json and docs/results/npo/summary.json (seconds)
 figures: $(STAMP)
