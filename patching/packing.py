@@ -78,11 +78,13 @@ def _common(a: list[int], b: list[int]) -> int:
 
 
 def plan(ids: Int[torch.Tensor, "batch width"], mask: Int[torch.Tensor, "batch width"],
-         capacity: int = CAPACITY, pad_id: int = 0, share_prefixes: bool = True, span: int = SPAN) -> Packing:
+         capacity: int = CAPACITY, pad_id: int = 0, share_prefixes: bool = True, span: int = SPAN,
+         shareable: Int[torch.Tensor, " batch"] | None = None) -> Packing:
     """Lay the real tokens of a left-padded batch into sequences of at most ``capacity`` new tokens each (at least
     ``span`` times the longest row); with
     ``share_prefixes`` rows are ordered so rows from one template are neighbours, and a row's opening tokens equal
-    to its sequence's stem are not laid again."""
+    to its sequence's stem are not laid again. ``shareable``: per row, at most this many opening tokens may be
+    shared (in both the row and its stem), for callers that alter some tokens per row (e.g. noise a subject)."""
     batch, width = ids.shape
     lengths = mask.sum(1).tolist()
     rows = [ids[i, width - n:].tolist() for i, n in enumerate(lengths)]
@@ -92,6 +94,8 @@ def plan(ids: Int[torch.Tensor, "batch width"], mask: Int[torch.Tensor, "batch w
     used = 0
     for i in order:
         shared = _common(rows[i], rows[seqs[-1][0][0]]) if share_prefixes and seqs else 0
+        if shareable is not None and shared:
+            shared = min(shared, int(shareable[i]), int(shareable[seqs[-1][0][0]]))
         if not seqs or used + lengths[i] - shared > capacity:
             seqs.append([])
             used, shared = 0, 0

@@ -19,6 +19,8 @@ Noise draws are independent across seeds: draw ``k`` of seed ``s`` uses the gene
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from jaxtyping import Bool, Int
@@ -27,10 +29,11 @@ from tqdm.auto import tqdm
 
 from patching.activation import Components, activation_patch
 from patching.corrupt import gaussian_noise
+from patching.families import decoder_layers, packed_hidden, unembed
 from patching.metrics import answer_prob, evaluate
-from patching.model import Model, arch, mlp_label, run_from
+from patching.model import Model, arch, embed_noise_hook, mlp_label
+from patching.packing import plan
 from patching.result import PatchResult
-from patching.runs import make_runs
 
 
 def noise_seed(seed: int, k: int) -> int:
@@ -45,6 +48,35 @@ def window_layers(layer: int, n_layers: int, window: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
+@contextmanager
+def _block_outputs(blocks: torch.nn.ModuleList):
+    """Record what each decoder block returns during the forwards run inside (the list it yields)."""
+    outputs: list = [None] * len(blocks)
+
+    def keep(i):
+        return lambda mod, args, out: outputs.__setitem__(i, out)
+
+    handles = [block.register_forward_hook(keep(i)) for i, block in enumerate(blocks)]
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _replayed(blocks: torch.nn.ModuleList, outputs: list | None, upto: int):
+    """Blocks below ``upto`` return their recorded ``outputs`` instead of computing: the forward resumes at
+    block ``upto`` from the recorded residual stream (ROME's restored run changes nothing below its window)."""
+    for i in range(upto):  # an instance attribute shadows the class's forward (bypassing wrappers' __setattr__)
+        vars(blocks[i])["forward"] = lambda *args, _out=outputs[i], **kwargs: _out
+    try:
+        yield
+    finally:
+        for i in range(upto):
+            vars(blocks[i]).pop("forward", None)
+
+
 def rome_trace(
     model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
     subject_start: Int[Tensor, " batch"], subject_last: Int[Tensor, " batch"], answer_ids: Int[Tensor, " batch"],
@@ -56,41 +88,58 @@ def rome_trace(
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     a = arch(model)
-    B = input_ids.shape[0]
+    B, W = input_ids.shape
     token = torch.as_tensor(subject_last if token is None else token).long()
-    if token.shape != (B,) or int(token.min()) < 0 or int(token.max()) >= input_ids.shape[1]:
-        raise ValueError(f"token must hold one column in [0, {input_ids.shape[1]}) per prompt")
+    if token.shape != (B,) or int(token.min()) < 0 or int(token.max()) >= W:
+        raise ValueError(f"token must hold one column in [0, {W}) per prompt")
+    # packed: no compute on padding; a template's opening tokens before the subject are laid once
+    lengths = attention_mask.sum(1).cpu()
+    p = plan(input_ids.cpu(), attention_mask.cpu(), shareable=torch.as_tensor(subject_start).cpu() - (W - lengths))
+    slot = torch.full((B * W,), -1, dtype=torch.long)
+    slot[p.real] = p.read
     rows = torch.arange(B)
+    token_slots, last_slots = slot[rows * W + token], slot[rows * W + W - 1]
     metric = answer_prob(answer_ids)
-    names = [f"blocks.{i}.hook_mlp_out" for i in range(a.n_layers)] + \
-            [f"blocks.{i}.hook_resid_pre" for i in range(a.n_layers)]
+    names = [f"blocks.{i}.hook_mlp_out" for i in range(a.n_layers)]
     labels = [mlp_label(layer) for layer in range(a.n_layers)]
+    blocks = decoder_layers(model)
+
+    def prob(hooks, replay=None, upto=0) -> float:
+        with torch.no_grad():
+            with _replayed(blocks, replay, upto), model.hooks(fwd_hooks=hooks):
+                hidden = packed_hidden(model, p)
+            last = hidden.reshape(-1, hidden.shape[-1])[last_slots.to(hidden.device)]
+            return float(evaluate(metric, unembed(model, last)))
+
+    clean_out: dict[str, Tensor] = {}
+
+    def keep(name):
+        return lambda x, hook: clean_out.__setitem__(name, x.detach().clone())
+
+    clean = prob([(n, keep(n)) for n in names])
+
+    def restore(name):
+        def hook(x, hook):
+            x = x.clone()
+            flat, src = x.reshape(-1, x.shape[-1]), clean_out[name].reshape(-1, x.shape[-1])
+            flat[token_slots] = src[token_slots].to(x.dtype)
+            return x
+
+        return hook
+
     sums = [0.0] * a.n_layers
-    corrupt_sum, clean, scale = 0.0, 0.0, None
-    work = [(k, layer) for k in range(n_samples) for layer in range(a.n_layers)]
-    bar = tqdm(total=len(work), desc="causal tracing", disable=not progress, leave=False)
+    corrupt_sum, scale = 0.0, None
+    bar = tqdm(total=n_samples * a.n_layers, desc="causal tracing", disable=not progress, leave=False)
     for k in range(n_samples):
         noise = gaussian_noise(model, input_ids, subject_start, subject_last, scale=noise_scale,
                                multiplier=multiplier, seed=noise_seed(seed, k))
         scale = noise.scale
-        runs = make_runs(model, input_ids, attention_mask, noise, metric, "denoising", names)
-        clean, corrupt_sum = runs.clean, corrupt_sum + runs.corrupt
+        noised = embed_noise_hook(p.pack(noise.sample(model.original_model.config.hidden_size)))
+        with _block_outputs(blocks) as outputs:
+            corrupt_sum += prob([noised])
         for layer in range(a.n_layers):
             span = window_layers(layer, a.n_layers, window)
-
-            def restore(x, hook, clean_out=None):
-                x = x.clone()
-                x[rows, token] = clean_out[rows, token].to(x.dtype)
-                return x
-
-            hooks = [(f"blocks.{i}.hook_mlp_out",
-                      lambda x, hook, c=runs.source.cache[f"blocks.{i}.hook_mlp_out"]: restore(x, hook, c))
-                     for i in span]
-            start = span.start
-            with torch.no_grad():
-                logits = run_from(model, runs.base, start, runs.base.cache[f"blocks.{start}.hook_resid_pre"],
-                                  fwd_hooks=hooks)
-            sums[layer] += float(evaluate(metric, logits))
+            sums[layer] += prob([noised] + [(names[i], restore(names[i])) for i in span], outputs, span.start)
             bar.update(1)
     bar.close()
     values = [s / n_samples for s in sums]

@@ -12,6 +12,7 @@ from patching.activation import activation_patch
 from patching.attribution import attribution_patch
 from patching.corrupt import Noise, embedding_std, gaussian_noise, random_subject_tokens, subject_mask, swap_subjects
 from patching.metrics import answer_prob, logit_diff
+from patching.packing import plan
 from patching.path import path_patch
 from patching.reference import (
     activation_patch_reference,
@@ -245,6 +246,31 @@ def test_rome_trace_matches_full_forward_reference(factworld, setup, window):
     assert res.clean > res.corrupt
     if window == 10:  # every layer's window covers the whole 4-layer model: each restores all MLPs at that token
         assert max(res.values) - min(res.values) < 1e-6
+
+
+def test_rome_trace_runs_only_the_blocks_its_window_can_change(factworld, setup):
+    """Each restored run resumes at its window's first block: block i runs once in the clean run, once per draw
+    in the corrupted run, and in the restored runs of layers 0..i only (window 1: i + 1 of them)."""
+    b = setup.batch
+    calls = [0] * len(factworld.blocks)
+    handles = [blk.original_component.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, blk in enumerate(factworld.blocks)]
+    try:
+        rome_trace(factworld, b.input_ids, b.attention_mask, b.subject_start, b.subject_last, setup.answer_ids,
+                   window=1, n_samples=1, seed=3)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [2 + i + 1 for i in range(len(calls))]
+    assert all("forward" not in vars(blk) for blk in factworld.blocks)  # the replay is undone
+
+
+def test_packing_shares_no_more_than_allowed():
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9], [5, 6, 7, 10]])
+    mask = torch.ones_like(ids)
+    assert len(plan(ids, mask).slots) == 4 + 1 + 1  # rows 2 and 3 lay only their last token
+    capped = plan(ids, mask, shareable=torch.tensor([3, 1, 3]))
+    assert len(capped.slots) == 4 + 3 + 1  # row 2 may share 1 token, row 3 all 3 with the stem (row 1)
 
 
 def test_rome_window_is_romes():
