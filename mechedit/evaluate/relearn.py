@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -169,7 +170,9 @@ def _trainable(model: Model, cfg: RelearnConfig):
 
     lcfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=cfg.targets, lora_dropout=0.0,
                            bias="none")
-    pm = peft.get_peft_model(hf, lcfg)  # injects adapters in place: the bridge's forward runs through them
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; the warning is not the user's
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        pm = peft.get_peft_model(hf, lcfg)  # injects adapters in place: the bridge's forward runs through them
     return [p for p in pm.parameters() if p.requires_grad], pm
 
 
