@@ -40,7 +40,7 @@ notebooks: $(STAMP)
 	$(BIN)/python notebooks/make_notebooks.py
 	$(BIN)/python notebooks/export_notebooks.py
 
-# the real-model experiment of docs/results.md (~45 min on 2 cores): SmolLM2-135M, CounterFact P37, paper preset;
+# the real-model experiment of docs/results.md (~41 min on 2 cores): SmolLM2-135M, CounterFact P37, paper preset;
 # keeps summary.json/.md/.csv under docs/results/ and draws its figures there
 # $(call paper_run,RUN_DIR,DOCS_DIR,EXTRA_OPTIONS): run the preset, keep its summaries under DOCS_DIR, draw its figures
 define paper_run
@@ -53,7 +53,7 @@ endef
 results: $(STAMP)
 	$(call paper_run,runs/paper,docs/results,)
 
-# the same experiment with the unlearning objective (NPO) instead of the edit objective (~45 min on 2 cores)
+# the same experiment with the unlearning objective (NPO) instead of the edit objective (~41 min on 2 cores)
 results-npo: $(STAMP)
 	$(call paper_run,runs/paper-npo,docs/results/npo,--objective npo)
 

@@ -66,7 +66,7 @@ PRESETS: dict[str, dict] = {
     # output tracing (ROME's causal tracing), a random and an unlocalized edit at a matched parameter budget,
     # 32 facts x 3 seeds (16 held-out facts per seed for relearning), LoRA relearning, latent probes, diagnostics.
     # 30 edit steps (every SmolLM2 P37 edit reaches its 32 targets by then) and 32 maintain facts per seed keep it
-    # within ~45 minutes on 2 CPU cores
+    # within ~41 minutes on 2 CPU cores
     "paper": {"methods": ["probe", "path", "causal-tracing", "random", "nonlocalized"], "n_facts": 32, "seeds": 3,
               "steps": 30, "max_maintain": 32, "relearn": True, "relearn_mode": "lora", "latent": True,
               "diagnostics": True},

@@ -29,7 +29,7 @@ DEMO_SCOPE = {
     "smollm2-135m": ("scope: 8 facts x 1 seed shows the workflow, not a result: the relearning attack tests 4 "
                      "held-out facts and one seed gives no interval across fact samples; the comparison at a "
                      "size that supports conclusions is `mechedit compare smollm2-135m counterfact --relation P37 "
-                     "--preset paper` (32 facts x 3 seeds, ~45 min; its result is in docs/results.md)"),
+                     "--preset paper` (32 facts x 3 seeds, ~41 min; its result is in docs/results.md)"),
     "factworld": ("scope: 16 facts x 3 seeds on a 4-layer model trained by mechedit: ground truth for the tools, "
                   "not evidence about real language models"),
 }
