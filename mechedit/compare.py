@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from tqdm.auto import tqdm
 
 from mechedit.edit import EditConfig, edit
@@ -142,7 +143,7 @@ class Comparison(SavedResult):
     elapsed_seconds: float
     n_known_facts: int
     fact_pool: str
-    versions: dict[str, str]
+    versions: dict[str, str | int]
     command: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -421,7 +422,8 @@ def summarize(settings: CompareSettings, runs: list[MethodRun], elapsed: float, 
 
 
 def versions() -> dict:
-    """Versions of the packages that determine the numbers."""
+    """Versions of the packages that determine the numbers, and torch's thread count (it sets the order of float
+    reductions: a short full fine-tune's fluency KL can move at that level, see README)."""
     def installed(dist: str) -> str:
         try:
             return version(dist)
@@ -431,7 +433,7 @@ def versions() -> dict:
     # distribution metadata, not __version__: transformer_lens 4.x has no __version__ attribute
     return {"mechedit": installed("mechedit"), "python": platform.python_version(), "torch": installed("torch"),
             "transformers": installed("transformers"), "transformer_lens": installed("transformer-lens"),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
 
 
 def write_run(out: Path, summary: Comparison) -> None:

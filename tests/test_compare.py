@@ -8,6 +8,7 @@ import json
 import statistics
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mechedit.cli import app
@@ -37,6 +38,7 @@ def test_compare_writes_every_file(run_dir):
     assert len(summary.runs) == 8 and summary.elapsed_seconds > 0
     versions = summary.versions
     assert all(versions[k][0].isdigit() for k in ("mechedit", "torch", "transformers", "transformer_lens")), versions
+    assert versions["torch_threads"] == torch.get_num_threads() >= 1
 
 
 def test_compare_numbers_are_real_and_budgets_match(run_dir):
